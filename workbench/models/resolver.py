@@ -1,0 +1,108 @@
+"""Turns a model name into a loadable location, in the order DESIGN.md gives (decision 2).
+
+1. a registered name (`tiny`, `random/qwen3-0.6b-4bit`, ...) or an alias from the settings;
+2. a local folder in the Hugging Face layout;
+3. the Hugging Face cache;
+4. the hub, where a network exists (mlx_lm.load downloads it).
+A name that resolves nowhere raises ModelNotFound, so callers can answer 4xx before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from workbench.models.builder import builtin_names, builtin_spec, ensure_built
+from workbench.settings import Settings
+
+Source = Literal["registered", "folder", "hf-cache", "hub"]
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"model {name!r} was not found: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # as the caller asked for it
+    path: str  # a folder, or a hub repo id when source is "hub"
+    source: Source
+
+
+class ModelResolver:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def names(self) -> list[str]:
+        """Names that resolve without a network: registered names and aliases."""
+        return builtin_names() + sorted(self.settings.model_aliases)
+
+    def resolve(self, name: str) -> ResolvedModel:
+        target, seen = name, set()
+        while target in self.settings.model_aliases:
+            if target in seen:
+                raise ModelNotFound(name, f"alias loop through {target!r}")
+            seen.add(target)
+            target = self.settings.model_aliases[target]
+
+        spec = builtin_spec(target)
+        if spec is not None:
+            return ResolvedModel(name, str(ensure_built(spec, self.settings.models_dir)), "registered")
+
+        folder = Path(target).expanduser()
+        if folder.is_dir():
+            if not (folder / "config.json").exists():
+                raise ModelNotFound(name, f"folder {folder} has no config.json")
+            return ResolvedModel(name, str(folder.resolve()), "folder")
+
+        if not _looks_like_repo_id(target):
+            raise ModelNotFound(name, "not a registered name, alias, model folder or hub id")
+        cached = _from_hf_cache(target)
+        if cached is not None:
+            return ResolvedModel(name, cached, "hf-cache")
+        if self._hub_allowed():
+            return self._from_hub(name, target)
+        raise ModelNotFound(
+            name,
+            "not registered, not a local folder, not in the Hugging Face cache, "
+            "and hub downloads are off",
+        )
+
+    def _hub_allowed(self) -> bool:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        return self.settings.hub_downloads and not offline
+
+    def _from_hub(self, name: str, repo_id: str) -> ResolvedModel:
+        from huggingface_hub import model_info
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            model_info(repo_id, timeout=self.settings.hub_timeout_s)
+        except RepositoryNotFoundError:
+            raise ModelNotFound(name, "no such repository on the Hugging Face hub") from None
+        except Exception as exc:  # no network shows up as httpx, OSError or HTTP errors alike
+            raise ModelNotFound(
+                name, f"not available locally and the hub could not be reached ({type(exc).__name__})"
+            ) from None
+        return ResolvedModel(name, repo_id, "hub")
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _from_hf_cache(repo_id: str) -> str | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        return None
+    return path if (Path(path) / "config.json").exists() else None

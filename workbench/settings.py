@@ -1,0 +1,68 @@
+"""The one settings object: every knob the workbench reads, from WORKBENCH_* environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKBENCH_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.workbench"),
+        description="Folder holding everything persistent: workbench.db, models/, datasets/, runs/.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `python -m service` binds to.")
+    port: int = Field(default=8200, ge=1, le=65535)
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set, every endpoint but /health needs `Authorization: Bearer <token>`.",
+    )
+    default_model: str = Field(
+        default="tiny",
+        description="Model used when a request names none. `tiny` is built locally on first use.",
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description='Names mapped to a registered name or a folder, as JSON: {"org/Model": "tiny"}.',
+    )
+    hub_downloads: bool = Field(
+        default=True,
+        description="Look names up on the Hugging Face hub when nothing local matches "
+        "(off when HF_HUB_OFFLINE=1).",
+    )
+    hub_timeout_s: float = Field(default=5.0, gt=0, description="Limit on one hub lookup.")
+    max_tokens_limit: int = Field(
+        default=2048, ge=1, description="Largest max_tokens a request gets; more is capped."
+    )
+    loaded_models: int = Field(
+        default=2, ge=1, description="How many local models stay loaded for generation at once."
+    )
+    log_level: str = "INFO"
+
+    @cached_property
+    def home_dir(self) -> Path:
+        path = self.home.expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home_dir / "models"
+
+    def requires_token(self) -> bool:
+        return self.api_token is not None and bool(self.api_token.get_secret_value())
+
+    def check_bind(self) -> None:
+        """Refuse to listen beyond this machine without a token."""
+        if self.host not in LOOPBACK_HOSTS and not self.requires_token():
+            raise ValueError(
+                f"WORKBENCH_HOST={self.host} exposes the service beyond this machine: "
+                "set WORKBENCH_API_TOKEN as well."
+            )
