@@ -1,0 +1,42 @@
+"""The HTTP face of the workbench: `uvicorn service.main:app --port 8200`."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import workbench
+from service.errors import install_error_handlers
+from service.routes import generate, providers, system
+from workbench.core import Workbench
+from workbench.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        bench = Workbench(settings)
+        app.state.workbench = bench
+        bench.warm_up()
+        yield
+        bench.close()
+
+    app = FastAPI(
+        title="MLX training workbench",
+        version=workbench.__version__,
+        description="Fine-tune (SFT, LoRA, QLoRA) and serve LLMs with MLX. "
+        "With WORKBENCH_API_TOKEN set, send it as a bearer token (Authorize button).",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (system, providers, generate):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
+
+from service.deps import Authorized, WorkbenchDep
+from service.schemas import BatchItem, GenerateResponse
+from workbench.providers.local_mlx import GenerationResult
+from workbench.providers.params import BatchGenerateParams, GenerateParams
+
+router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized])
+
+_STREAM_DOC = {
+    200: {
+        "description": "JSON, or with `stream: true` server-sent events: `token` events carrying "
+        "`{\"text\": ...}` as text arrives, then one `done` event with the full response "
+        "(or an `error` event).",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+def _response(result: GenerationResult) -> dict:
+    body = asdict(result)
+    body["total_tokens"] = result.prompt_tokens + result.completion_tokens
+    return body
+
+
+@router.post("", response_model=GenerateResponse, responses=_STREAM_DOC)
+async def generate(params: GenerateParams, workbench: WorkbenchDep):
+    """Generate from a prompt or chat messages, whole or streamed."""
+    if not params.stream:
+        return _response(await run_in_threadpool(workbench.generate, params))
+    prepared, stream = await run_in_threadpool(workbench.local.start, params)
+    return StreamingResponse(_events(prepared, stream, params.prompt), media_type="text/event-stream")
+
+
+async def _events(prepared, stream, prompt):
+    pieces = iter(stream)
+    try:
+        while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+            yield format_sse_event(data_str=json.dumps({"text": piece}), event="token")
+        body = _response(prepared.result(stream, prompt))
+        yield format_sse_event(data_str=json.dumps(body), event="done")
+    except Exception as exc:
+        yield format_sse_event(data_str=json.dumps({"detail": str(exc)}), event="error")
+    finally:
+        stream.cancel()  # the client may have gone: free its place in the batch
+
+
+@router.post("/batch", response_model=list[BatchItem])
+async def generate_batch(params: BatchGenerateParams, workbench: WorkbenchDep) -> list[dict]:
+    """Generate for several prompts at once; they share the engine's batch."""
+    return [_response(r) for r in await run_in_threadpool(workbench.generate_batch, params)]

@@ -1,0 +1,13 @@
+"""Errors a caller can act on: each names the input field at fault and why."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input, found before any work starts. The service answers it with a 4xx."""
+
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status

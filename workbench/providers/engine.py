@@ -1,0 +1,262 @@
+"""The local generation engine: one model, one thread that owns mlx-lm's BatchGenerator.
+
+Requests arrive through a queue and join the running batch (continuous batching), each with its
+own max_tokens, sampler and stop strings. `BatchGenerator` has no locks, so only the engine thread
+touches it and the model, as in `mlx_lm.server`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequences
+from mlx_lm.sample_utils import make_sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_tokens: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    min_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (eos or a stop string), "length", or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EngineClosed(RuntimeError):
+    pass
+
+
+class GenerationStream:
+    """What a caller holds while its request runs: iterate for text pieces, then read `result`."""
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self.result: Completion | None = None
+        self._events: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            event = self._events.get()
+            if isinstance(event, str):
+                yield event
+            elif isinstance(event, Completion):
+                self.result = event
+                return
+            else:
+                raise event
+
+    def wait(self) -> Completion:
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this request (a streaming client went away)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+def _forbid_eos(eos_ids, count: int):
+    """A logits processor that rules out eos for the first `count` tokens (no empty answers)."""
+    calls = 0
+
+    def process(tokens, logits):
+        nonlocal calls
+        calls += 1
+        if calls > count:
+            return logits
+        mask = mx.zeros(logits.shape[-1])
+        mask[list(eos_ids)] = -mx.inf
+        return logits + mask
+
+    return process
+
+
+@dataclass
+class _Active:
+    """Engine-side state of one request in the batch."""
+
+    stream: GenerationStream
+    detokenizer: object
+    stop_state: tuple | None
+    parts: list[str] = field(default_factory=list)
+    tokens: int = 0
+    done: bool = False
+
+    def emit(self, text: str) -> None:
+        if text:
+            self.parts.append(text)
+            self.stream._events.put(text)
+
+    def finish(self, reason: str) -> None:
+        self.done = True
+        request = self.stream.request
+        self.stream._events.put(
+            Completion("".join(self.parts), reason, len(request.prompt_tokens), self.tokens)
+        )
+
+
+class LocalEngine:
+    def __init__(self, model, tokenizer, *, max_batch: int = 32):
+        self.model = model
+        self.tokenizer = tokenizer
+        self._max_batch = max_batch
+        self._inbox: queue.Queue[GenerationStream | None] = queue.Queue()
+        self._closed = False
+        self._eos_only = make_stop_sequences(tokenizer)
+        self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        stream = GenerationStream(request)
+        self._inbox.put(stream)
+        return stream
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        return self.submit(request).wait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    # The engine thread ----------------------------------------------------------------------
+
+    def _new_generator(self) -> BatchGenerator:
+        return BatchGenerator(
+            self.model,
+            stop_tokens=[(t,) for t in self.tokenizer.eos_token_ids],
+            completion_batch_size=self._max_batch,
+            stream=mx.new_stream(mx.default_device()),
+        )
+
+    def _run(self) -> None:
+        generator = self._new_generator()
+        active: dict[int, _Active] = {}
+        while True:
+            if not self._admit(generator, active, block=not active):
+                break
+            if not active:
+                continue
+            try:
+                _, responses = generator.next()
+                finished = self._deliver(responses, active)
+                finished += [uid for uid, a in active.items() if a.stream.cancelled]
+            except Exception as exc:  # one broken batch must not end the engine
+                log.exception("generation failed; the requests in this batch get the error")
+                for entry in active.values():
+                    entry.stream._events.put(exc)
+                active.clear()
+                generator.close()
+                generator = self._new_generator()
+                continue
+            self._retire(generator, active, finished)
+        for entry in active.values():
+            entry.stream._events.put(EngineClosed("the engine was closed"))
+        generator.close()
+
+    def _admit(self, generator: BatchGenerator, active: dict[int, _Active], block: bool) -> bool:
+        """Move waiting requests into the batch; False once the engine is told to close."""
+        while True:
+            try:
+                stream = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+            if stream is None:
+                return False
+            block = False
+            try:
+                uid = self._insert(generator, stream.request)
+            except Exception as exc:
+                stream._events.put(exc)
+                continue
+            active[uid] = self._track(stream)
+
+    def _insert(self, generator: BatchGenerator, request: GenerationRequest) -> int:
+        sampler = make_sampler(temp=request.temperature, top_p=request.top_p)
+        processors = []
+        if request.min_tokens:
+            processors.append(_forbid_eos(self.tokenizer.eos_token_ids, request.min_tokens))
+        (uid,) = generator.insert(
+            [request.prompt_tokens],
+            max_tokens=[request.max_tokens],
+            samplers=[sampler],
+            logits_processors=[processors],
+            stop_sequences=[self._eos_only],
+        )
+        return uid
+
+    def _track(self, stream: GenerationStream) -> _Active:
+        detokenizer = self.tokenizer.detokenizer
+        # Continue from the prompt's last token: a fresh detokenizer drops the leading space of
+        # its first piece, which would glue a completion onto its prompt ("The sky isblue").
+        detokenizer.add_token(stream.request.prompt_tokens[-1])
+        detokenizer.finalize()
+        detokenizer.last_segment
+        stop_state = None
+        if stream.request.stop:
+            # Stop strings matched on text, not tokens: a stop can sit inside a larger token, and
+            # text that might begin a stop is held back until it is known not to.
+            machine = TextStateMachine({"normal": [(s, None) for s in stream.request.stop]})
+            stop_state = machine.make_state()
+        return _Active(stream, detokenizer, stop_state)
+
+    def _deliver(self, responses, active: dict[int, _Active]) -> list[int]:
+        finished = []
+        for r in responses:
+            entry = active[r.uid]
+            entry.tokens += 1
+            if r.finish_reason != "stop":  # the eos token itself is not text
+                entry.detokenizer.add_token(r.token)
+            if r.finish_reason is not None:
+                entry.detokenizer.finalize()
+            piece = entry.detokenizer.last_segment
+            if entry.stop_state is None:
+                entry.emit(piece)
+            else:
+                entry.stop_state, text, state = TextStateMachine.step(entry.stop_state, piece)
+                entry.emit(text)
+                if state is None:
+                    entry.finish("stop")
+                    finished.append(r.uid)
+                    continue
+                if r.finish_reason is not None:
+                    entry.stop_state, held, _ = TextStateMachine.flush(entry.stop_state)
+                    entry.emit(held)
+            if r.finish_reason is not None:
+                entry.finish(r.finish_reason)
+                finished.append(r.uid)
+        return finished
+
+    def _retire(self, generator: BatchGenerator, active: dict[int, _Active], uids: list[int]) -> None:
+        uids = [uid for uid in dict.fromkeys(uids) if uid in active]
+        for uid in uids:
+            entry = active.pop(uid)
+            if not entry.done:
+                entry.finish("cancelled")
+        if uids:
+            # Those that ended by eos or length have left the batch already; remove is a no-op there.
+            generator.remove(uids)

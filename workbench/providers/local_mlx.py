@@ -1,0 +1,156 @@
+"""The `local_mlx` provider: models loaded in this process, each served by its own LocalEngine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import mlx_lm
+
+from workbench.errors import InputError
+from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
+from workbench.providers.engine import GenerationRequest, GenerationStream, LocalEngine
+from workbench.providers.params import BatchGenerateParams, GenerateParams, SamplingParams
+from workbench.settings import Settings
+
+NAME = "local_mlx"
+
+
+@dataclass
+class LoadedModel:
+    resolved: ResolvedModel
+    engine: LocalEngine
+    context_length: int
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class GenerationResult:
+    generated_text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    model_path: str
+    provider_used: str = NAME
+    warnings: list[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+    prompt: str | None = None
+
+
+@dataclass
+class PreparedRequest:
+    loaded: LoadedModel
+    request: GenerationRequest
+    warnings: list[str]
+    started: float = field(default_factory=time.perf_counter)
+
+    def result(self, stream: GenerationStream, prompt: str | None = None) -> GenerationResult:
+        done = stream.result
+        assert done is not None, "read the stream to its end first"
+        return GenerationResult(
+            generated_text=done.text,
+            finish_reason=done.finish_reason,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            model=self.loaded.resolved.name,
+            model_path=self.loaded.resolved.path,
+            warnings=self.warnings,
+            latency_ms=round((time.perf_counter() - self.started) * 1000, 1),
+            prompt=prompt,
+        )
+
+
+class LocalMLX:
+    def __init__(self, settings: Settings, resolver: ModelResolver):
+        self.settings = settings
+        self.resolver = resolver
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def model(self, name: str | None) -> LoadedModel:
+        """The loaded model for a name, loading it (and unloading the least used) if needed."""
+        name = name or self.settings.default_model
+        with self._lock:
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            try:
+                resolved = self.resolver.resolve(name)
+            except ModelNotFound as exc:
+                raise InputError("model", str(exc)) from None
+            try:
+                model, tokenizer, config = mlx_lm.load(resolved.path, return_config=True)
+            except Exception as exc:
+                raise InputError("model", f"{name!r} could not be loaded: {exc}") from None
+            loaded = LoadedModel(
+                resolved, LocalEngine(model, tokenizer), config.get("max_position_embeddings", 4096)
+            )
+            self._loaded[name] = loaded
+            while len(self._loaded) > self.settings.loaded_models:
+                _, evicted = self._loaded.popitem(last=False)
+                evicted.engine.close()
+            return loaded
+
+    def loaded_models(self) -> list[dict]:
+        return [
+            {"name": m.resolved.name, "path": m.resolved.path, "source": m.resolved.source}
+            for m in self._loaded.values()
+        ]
+
+    def prepare(self, params: SamplingParams, *, prompt: str | None = None,
+                messages: list | None = None) -> PreparedRequest:
+        loaded = self.model(params.model)
+        tokenizer = loaded.engine.tokenizer
+        if messages is not None:
+            chat = [m.model_dump() for m in messages]
+            tokens = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+        else:
+            tokens = tokenizer.encode(prompt)
+        if not tokens:
+            raise InputError("prompt", "the prompt encodes to no tokens")
+        room = loaded.context_length - len(tokens)
+        if room < 1:
+            raise InputError(
+                "prompt", f"{len(tokens)} tokens; the model takes at most {loaded.context_length - 1}"
+            )
+        warnings = []
+        max_tokens = params.max_tokens
+        limit = min(self.settings.max_tokens_limit, room)
+        if max_tokens > limit:
+            warnings.append(f"max_tokens {max_tokens} was capped to {limit}")
+            max_tokens = limit
+        request = GenerationRequest(
+            prompt_tokens=list(tokens),
+            max_tokens=max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=tuple(params.stop),
+            min_tokens=min(params.min_tokens, max_tokens),
+        )
+        return PreparedRequest(loaded, request, warnings)
+
+    def start(self, params: GenerateParams) -> tuple[PreparedRequest, GenerationStream]:
+        prepared = self.prepare(params, prompt=params.prompt, messages=params.messages)
+        return prepared, prepared.loaded.engine.submit(prepared.request)
+
+    def generate(self, params: GenerateParams) -> GenerationResult:
+        prepared, stream = self.start(params)
+        stream.wait()
+        return prepared.result(stream, params.prompt)
+
+    def generate_batch(self, params: BatchGenerateParams) -> list[GenerationResult]:
+        """All prompts join the engine's batch at once and are answered together."""
+        prepared = [self.prepare(params, prompt=p) for p in params.prompts]
+        streams = [p.loaded.engine.submit(p.request) for p in prepared]
+        for stream in streams:
+            stream.wait()
+        return [p.result(s, prompt) for p, s, prompt in zip(prepared, streams, params.prompts)]
+
+    def close(self) -> None:
+        with self._lock:
+            for loaded in self._loaded.values():
+                loaded.engine.close()
+            self._loaded.clear()

@@ -1,0 +1,84 @@
+"""What a generation request may ask for, validated once for the service, the notebooks and code."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOPS = 4
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """Shared by one generation and a batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(
+        default=128, ge=1, description="Most tokens to generate; capped at the server's limit."
+    )
+    min_tokens: int = Field(
+        default=1, ge=0, description="Tokens generated before eos may end the answer (no empty answers)."
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="0 is greedy (deterministic).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    stop: list[str] = Field(
+        default_factory=list,
+        description=f"Up to {MAX_STOPS} strings; generation ends before the first one it produces.",
+    )
+    model: str | None = Field(default=None, description="Model name; the default model if omitted.")
+
+    @model_validator(mode="after")
+    def _min_within_max(self):
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+        return self
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stops(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(value)}")
+        if any(not s for s in value):
+            raise ValueError("stop sequences must not be empty strings")
+        return value
+
+
+class GenerateParams(SamplingParams):
+    """One generation, from a prompt (plain completion) or chat messages (chat template applied)."""
+
+    prompt: str | None = Field(default=None, min_length=1, description="Text to continue.")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, description="A chat; the model answers as the assistant."
+    )
+    stream: bool = Field(default=False, description="Answer with server-sent events as text arrives.")
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class BatchGenerateParams(SamplingParams):
+    prompts: list[str] = Field(min_length=1, max_length=64, description="Prompts, answered together.")
+
+    @field_validator("prompts")
+    @classmethod
+    def _no_empty_prompt(cls, value: list[str]) -> list[str]:
+        empty = [i for i, p in enumerate(value) if not p]
+        if empty:
+            raise ValueError(f"prompts at positions {empty} are empty")
+        return value

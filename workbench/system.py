@@ -1,0 +1,81 @@
+"""What the machine and MLX report: memory, device, BLAS, health."""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+
+import psutil
+
+from workbench.blas import load_fast_blas
+
+_MB = 1024 * 1024
+
+
+@cache
+def mlx_available() -> bool:
+    try:
+        import mlx.core as mx
+
+        mx.eval(mx.array([1.0]) + 1)
+    except Exception:
+        return False
+    return True
+
+
+def memory_usage() -> dict:
+    vm = psutil.virtual_memory()
+    usage = {
+        "process_rss_mb": round(psutil.Process(os.getpid()).memory_info().rss / _MB, 1),
+        "system_total_mb": round(vm.total / _MB, 1),
+        "system_available_mb": round(vm.available / _MB, 1),
+        "system_used_percent": vm.percent,
+    }
+    if mlx_available():
+        import mlx.core as mx
+
+        usage |= {
+            "mlx_active_mb": round(mx.get_active_memory() / _MB, 1),
+            "mlx_peak_mb": round(mx.get_peak_memory() / _MB, 1),
+            "mlx_cache_mb": round(mx.get_cache_memory() / _MB, 1),
+        }
+    return usage
+
+
+def device_info() -> dict:
+    info = {"platform": f"{platform.system()} {platform.machine()}", "cpu_count": os.cpu_count()}
+    if mlx_available():
+        import mlx.core as mx
+
+        device = mx.default_device()
+        info["mlx_device"] = "gpu" if device.type == mx.gpu else "cpu"
+        if mx.cuda.is_available():
+            info["backend"] = "cuda"
+        elif mx.metal.is_available():
+            info["backend"] = "metal"
+        else:
+            info["backend"] = "cpu"
+    return info
+
+
+def health() -> dict:
+    """healthy, or degraded with the reasons a person can fix."""
+    problems = []
+    available = mlx_available()
+    if not available:
+        problems.append("mlx cannot run here: install mlx[cpu] on Linux, mlx on macOS")
+    blas = load_fast_blas()
+    if not blas.fast:
+        problems.append(f"CPU math uses the reference BLAS ({blas.detail}); install libopenblas0-pthread")
+    memory = memory_usage()
+    if memory["system_available_mb"] < 0.05 * memory["system_total_mb"]:
+        problems.append("less than 5% of system memory is available")
+    return {
+        "status": "degraded" if problems else "healthy",
+        "problems": problems,
+        "mlx_available": available,
+        "memory_usage": memory,
+        "device": device_info(),
+        "blas": blas.as_dict(),
+    }
