@@ -18,6 +18,11 @@ class Settings(BaseSettings):
         default=Path("~/.workbench"),
         description="Folder holding everything persistent: workbench.db, models/, datasets/, runs/.",
     )
+    models_path: Path | None = Field(
+        default=None,
+        description="Where built and registered models live; default <home>/models. "
+        "Point several homes at one folder to build once.",
+    )
     host: str = Field(default="127.0.0.1", description="Address `python -m service` binds to.")
     port: int = Field(default=8200, ge=1, le=65535)
     api_token: SecretStr | None = Field(
@@ -54,7 +59,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home_dir / "models"
+        return self.models_path.expanduser().resolve() if self.models_path else self.home_dir / "models"
 
     def requires_token(self) -> bool:
         return self.api_token is not None and bool(self.api_token.get_secret_value())
