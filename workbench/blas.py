@@ -44,7 +44,8 @@ def _find_openblas() -> str | None:
     explicit = os.environ.get("WORKBENCH_BLAS_PATH")
     if explicit:
         return explicit
-    for pattern in _CANDIDATES:
+    # A conda environment's own libopenblas (environment.yml installs it), then the system's.
+    for pattern in (f"{sys.prefix}/lib/libopenblas.so.0", *_CANDIDATES):
         found = sorted(glob.glob(pattern))
         if found:
             return found[0]

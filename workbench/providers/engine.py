@@ -7,17 +7,21 @@ touches it and the model, as in `mlx_lm.server`.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequences
 from mlx_lm.sample_utils import make_sampler
 
 log = logging.getLogger(__name__)
+
+COALESCE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -77,17 +81,25 @@ class GenerationStream:
         return self._cancelled.is_set()
 
 
+@lru_cache(maxsize=64)
+def _sampler(temperature: float, top_p: float):
+    # One object per setting: BatchGenerator samples the whole batch in one call when its
+    # requests share a sampler object, and row by row otherwise.
+    return make_sampler(temp=temperature, top_p=top_p)
+
+
 def _forbid_eos(eos_ids, count: int):
     """A logits processor that rules out eos for the first `count` tokens (no empty answers)."""
-    calls = 0
+    calls, mask = 0, None
 
     def process(tokens, logits):
-        nonlocal calls
+        nonlocal calls, mask
         calls += 1
         if calls > count:
             return logits
-        mask = mx.zeros(logits.shape[-1])
-        mask[list(eos_ids)] = -mx.inf
+        if mask is None:
+            mask = mx.zeros(logits.shape[-1])
+            mask[list(eos_ids)] = -mx.inf
         return logits + mask
 
     return process
@@ -103,6 +115,7 @@ class _Active:
     parts: list[str] = field(default_factory=list)
     tokens: int = 0
     done: bool = False
+    eos_forbidden: bool = False
 
     def emit(self, text: str) -> None:
         if text:
@@ -163,7 +176,7 @@ class LocalEngine:
                 continue
             try:
                 _, responses = generator.next()
-                finished = self._deliver(responses, active)
+                finished = self._deliver(generator, responses, active)
                 finished += [uid for uid, a in active.items() if a.stream.cancelled]
             except Exception as exc:  # one broken batch must not end the engine
                 log.exception("generation failed; the requests in this batch get the error")
@@ -177,28 +190,41 @@ class LocalEngine:
         for entry in active.values():
             entry.stream._events.put(EngineClosed("the engine was closed"))
         generator.close()
+        # Free, while this thread and its stream still exist, the arrays the batch made on it:
+        # left to the interpreter's final collection they abort the process (std::terminate).
+        del generator, active
+        gc.collect()
 
     def _admit(self, generator: BatchGenerator, active: dict[int, _Active], block: bool) -> bool:
         """Move waiting requests into the batch; False once the engine is told to close."""
+        idle = block
         while True:
             try:
-                stream = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+                if block:
+                    stream = self._inbox.get(timeout=0.5)
+                elif idle:
+                    # A new batch is forming: give requests sent together a moment to arrive, so
+                    # their prompts are processed in one pass rather than one after another.
+                    stream = self._inbox.get(timeout=COALESCE_S)
+                else:
+                    stream = self._inbox.get_nowait()
             except queue.Empty:
                 return True
             if stream is None:
                 return False
             block = False
+            forbid_eos = stream.request.min_tokens > 1
             try:
-                uid = self._insert(generator, stream.request)
+                uid = self._insert(generator, stream.request, forbid_eos)
             except Exception as exc:
                 stream._events.put(exc)
                 continue
-            active[uid] = self._track(stream)
+            active[uid] = self._track(stream, forbid_eos)
 
-    def _insert(self, generator: BatchGenerator, request: GenerationRequest) -> int:
-        sampler = make_sampler(temp=request.temperature, top_p=request.top_p)
+    def _insert(self, generator: BatchGenerator, request: GenerationRequest, forbid_eos: bool) -> int:
+        sampler = _sampler(request.temperature, request.top_p)
         processors = []
-        if request.min_tokens:
+        if forbid_eos:
             processors.append(_forbid_eos(self.tokenizer.eos_token_ids, request.min_tokens))
         (uid,) = generator.insert(
             [request.prompt_tokens],
@@ -209,7 +235,7 @@ class LocalEngine:
         )
         return uid
 
-    def _track(self, stream: GenerationStream) -> _Active:
+    def _track(self, stream: GenerationStream, eos_forbidden: bool) -> _Active:
         detokenizer = self.tokenizer.detokenizer
         # Continue from the prompt's last token: a fresh detokenizer drops the leading space of
         # its first piece, which would glue a completion onto its prompt ("The sky isblue").
@@ -222,12 +248,21 @@ class LocalEngine:
             # text that might begin a stop is held back until it is known not to.
             machine = TextStateMachine({"normal": [(s, None) for s in stream.request.stop]})
             stop_state = machine.make_state()
-        return _Active(stream, detokenizer, stop_state)
+        return _Active(stream, detokenizer, stop_state, eos_forbidden=eos_forbidden)
 
-    def _deliver(self, responses, active: dict[int, _Active]) -> list[int]:
+    def _deliver(self, generator: BatchGenerator, responses, active: dict[int, _Active]) -> list[int]:
         finished = []
         for r in responses:
             entry = active[r.uid]
+            request = entry.stream.request
+            if r.finish_reason == "stop" and entry.tokens == 0 and request.min_tokens and not entry.eos_forbidden:
+                # The first token was eos: ask again with eos ruled out. Sampling anew with eos
+                # masked draws from what masking from the start would have, without making every
+                # request pay for a logits processor (it moves the batch onto a per-row path).
+                del active[r.uid]
+                entry.eos_forbidden = True
+                active[self._insert(generator, request, forbid_eos=True)] = entry
+                continue
             entry.tokens += 1
             if r.finish_reason != "stop":  # the eos token itself is not text
                 entry.detokenizer.add_token(r.token)

@@ -1,0 +1,19 @@
+"""Each benchmark runs once at toy size, so the scripts cannot rot (figures are not judged here)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_generation_benchmark_runs_and_prints_its_table(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/generation.py", "--quick"],
+        cwd=ROOT, env=os.environ | {"WORKBENCH_MODELS_PATH": models_dir},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for measure in ("generate p50", "concurrent vs 1 single", "matmul"):
+        assert measure in done.stdout
