@@ -12,23 +12,22 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# Must come before mlx.core: importing the workbench puts the system OpenBLAS under MLX, which
-# only works while MLX is not yet loaded (workbench/blas.py).
-import workbench  # noqa: I001
-from workbench.blas import load_fast_blas
-
 import mlx.core as mx
 import numpy as np
 import requests
+
+# Must come before mlx.core: importing the workbench puts the system OpenBLAS under MLX, which
+# only works while MLX is not yet loaded (workbench/blas.py).
+import workbench  # noqa: I001
+from service.launch import service_process
+from workbench.blas import load_fast_blas
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--quick", action="store_true", help="smoke run: 5 requests, n=512, one repeat")
@@ -50,38 +49,9 @@ def median_of(repeats: int, measure) -> float:
     return statistics.median(measure() for _ in range(repeats))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path, port: int) -> tuple[subprocess.Popen, Path]:
-    log_path = home / "bench-server.log"
-    env = os.environ | {"WORKBENCH_HOME": str(home)}
-    cmd = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the server
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc, log_path
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> None:
-    # /health answers as soon as uvicorn is up; the tiny model may still be building, so keep
-    # sending one generate until it answers 200 (it also warms MLX's caches for the timings).
-    deadline = time.monotonic() + timeout
-    for path, kwargs in (("/health", {}), ("/generate", {"json": BODY})):
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {proc.returncode}")
-            try:
-                method = requests.post if kwargs else requests.get
-                if method(base + path, timeout=max(1.0, deadline - time.monotonic()), **kwargs).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready ({path}) within {timeout:.0f} s")
-            time.sleep(0.5)
+def warm_up(base: str, timeout: float) -> None:
+    # The first generate waits for the tiny model to be built and loaded, and warms MLX's caches.
+    requests.post(base + "/generate", json=BODY, timeout=timeout).raise_for_status()
 
 
 def timed_generate(url: str) -> float:
@@ -145,7 +115,8 @@ def numpy_blas() -> str:
 
 
 def version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version as v
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
 
     try:
         return v(dist)
@@ -186,25 +157,20 @@ def main() -> int:
     tmp = None if args.home else tempfile.TemporaryDirectory(prefix="wb-bench-")
     home = args.home or Path(tmp.name)
     home.mkdir(parents=True, exist_ok=True)
-    base = f"http://127.0.0.1:{free_port()}"
-    proc, log_path = start_server(home, int(base.rsplit(":", 1)[1]))
+    log_path = home / "bench-server.log"
     try:
         started = time.monotonic()
-        wait_ready(base, proc, args.startup_timeout)
-        print(f"server ready after {time.monotonic() - started:.1f} s (home {home})")
-        url = base + "/generate"
-        p50, p95 = latencies(url, args.requests)
-        k = args.concurrency
-        conc, seq, single = concurrency(url, k, args.repeats)
+        with service_process({"WORKBENCH_HOME": str(home)}, log_path, args.startup_timeout) as base:
+            warm_up(base, args.startup_timeout)
+            print(f"server ready after {time.monotonic() - started:.1f} s (home {home})")
+            url = base + "/generate"
+            p50, p95 = latencies(url, args.requests)
+            k = args.concurrency
+            conc, seq, single = concurrency(url, k, args.repeats)
     except Exception:
         print(f"--- server log tail ({log_path}) ---\n" + log_path.read_text()[-3000:], file=sys.stderr)
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         if tmp:
             tmp.cleanup()
 

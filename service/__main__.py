@@ -14,7 +14,9 @@ def main() -> int:
     except ValueError as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run("service.main:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        "service.main:app", host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+    )
     return 0
 
 

@@ -241,7 +241,7 @@ class LocalEngine:
         # its first piece, which would glue a completion onto its prompt ("The sky isblue").
         detokenizer.add_token(stream.request.prompt_tokens[-1])
         detokenizer.finalize()
-        detokenizer.last_segment
+        _ = detokenizer.last_segment  # reading it marks the prompt's text as delivered
         stop_state = None
         if stream.request.stop:
             # Stop strings matched on text, not tokens: a stop can sit inside a larger token, and
@@ -255,7 +255,8 @@ class LocalEngine:
         for r in responses:
             entry = active[r.uid]
             request = entry.stream.request
-            if r.finish_reason == "stop" and entry.tokens == 0 and request.min_tokens and not entry.eos_forbidden:
+            first_is_eos = r.finish_reason == "stop" and entry.tokens == 0
+            if first_is_eos and request.min_tokens and not entry.eos_forbidden:
                 # The first token was eos: ask again with eos ruled out. Sampling anew with eos
                 # masked draws from what masking from the start would have, without making every
                 # request pay for a logits processor (it moves the batch onto a per-row path).
