@@ -9,14 +9,16 @@ from fastapi import FastAPI
 
 import workbench
 from service.errors import install_error_handlers
-from service.routes import generate, providers, system
+from service.routes import generate, openai_compat, providers, system
 from workbench.core import Workbench
+from workbench.providers.secrets import redactor
 from workbench.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redactor.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -34,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (system, providers, generate):
+    for module in (system, providers, generate, openai_compat):
         app.include_router(module.router)
     return app
 

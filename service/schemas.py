@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from workbench.providers.params import ProviderName
+
 
 class GenerateResponse(BaseModel):
     generated_text: str
@@ -18,6 +20,10 @@ class GenerateResponse(BaseModel):
     total_tokens: int
     latency_ms: float
     warnings: list[str] = Field(default_factory=list, description="Requests that were adjusted.")
+    attempts: list[dict] = Field(
+        default_factory=list,
+        description="Each provider tried, in order: provider, outcome (ok, failed, skipped), error, ms.",
+    )
 
 
 class BatchItem(GenerateResponse):
@@ -40,11 +46,39 @@ class StatusResponse(BaseModel):
     memory_usage: dict
 
 
+class ProviderHealthState(BaseModel):
+    last_success: float | None = Field(description="When it last answered (epoch seconds).")
+    last_error: dict | None = Field(description="Its last failure: at, error class, message.")
+    cooling_down_until: float | None = Field(description="Skipped without a call until then.")
+
+
 class ProviderState(BaseModel):
     kind: Literal["remote", "local"]
     configured: bool
-    usable: bool
+    usable: bool = Field(description="Configured and not cooling down.")
     model: str | None = None
-    needs_key: bool | None = None
-    reason: str | None = None
+    api_base: str | None = None
+    api_key: str | None = Field(default=None, description="Masked: at most its last 3 characters.")
+    needs_key: bool
+    timeout: float | None = None
+    health: ProviderHealthState
     loaded_models: list[dict] | None = None
+
+
+class ConfigureResponse(BaseModel):
+    configured: str
+    model: str | None
+    api_base: str | None
+    api_key: str | None = Field(description="Masked: at most its last 3 characters.")
+    timeout: float
+
+
+class FallbackRequest(BaseModel):
+    order: list[ProviderName] | None = Field(
+        description="Providers to walk, in order; null restores the default "
+        "(configured remote providers in the order configured, then local_mlx).",
+    )
+
+
+class FallbackResponse(BaseModel):
+    order: list[str]

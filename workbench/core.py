@@ -6,12 +6,13 @@ import logging
 import platform
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from workbench import __version__
 from workbench.models.resolver import ModelResolver
-from workbench.providers.catalog import PROVIDERS
 from workbench.providers.local_mlx import GenerationResult, LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
+from workbench.providers.router import ProviderRouter, ProviderStream
 from workbench.settings import Settings
 from workbench.system import memory_usage
 
@@ -23,6 +24,7 @@ class Workbench:
         self.settings = settings or Settings()
         self.resolver = ModelResolver(self.settings)
         self.local = LocalMLX(self.settings, self.resolver)
+        self.router = ProviderRouter(self.settings, self.local)
         self.started_at = time.time()
 
     def warm_up(self) -> threading.Thread:
@@ -39,32 +41,21 @@ class Workbench:
         return thread
 
     def providers(self) -> dict[str, dict]:
-        listing = {}
-        for name, info in PROVIDERS.items():
-            if info.kind == "local":
-                listing[name] = {
-                    "kind": info.kind,
-                    "configured": True,
-                    "usable": True,
-                    "model": self.settings.default_model,
-                    "loaded_models": self.local.loaded_models(),
-                }
-            else:
-                listing[name] = {
-                    "kind": info.kind,
-                    "configured": False,
-                    "usable": False,
-                    "model": info.default_model,
-                    "needs_key": info.needs_key,
-                    "reason": "not configured",
-                }
-        return listing
+        return self.router.listing()
 
     def generate(self, params: GenerateParams) -> GenerationResult:
-        return self.local.generate(params)
+        """One answer, from the provider asked for or the first of the fallback chain that answers."""
+        return self.router.complete(params)
+
+    def stream(self, params: GenerateParams) -> ProviderStream:
+        return self.router.stream(params)
 
     def generate_batch(self, params: BatchGenerateParams) -> list[GenerationResult]:
-        return self.local.generate_batch(params)
+        """Every prompt at once: the local engine batches them, remote providers get them in parallel."""
+        shared = params.model_dump(exclude={"prompts"})
+        requests = [GenerateParams(prompt=prompt, **shared) for prompt in params.prompts]
+        with ThreadPoolExecutor(max_workers=min(len(requests), 16)) as pool:
+            return list(pool.map(self.router.complete, requests))
 
     def status(self) -> dict:
         return {

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     loaded_models: int = Field(
         default=2, ge=1, description="How many local models stay loaded for generation at once."
     )
+    fallback_order: list[str] | None = Field(
+        default=None,
+        description='Provider order for requests that name none, as JSON: ["openai", "local_mlx"]. '
+        "Default: configured remote providers in the order configured, then local_mlx.",
+    )
+    provider_cooldown_s: float = Field(
+        default=30.0, ge=0, description="How long a provider that failed is skipped."
+    )
     log_level: str = "INFO"
 
     @cached_property

@@ -12,6 +12,8 @@ from service.deps import Authorized, WorkbenchDep
 from service.schemas import BatchItem, GenerateResponse
 from workbench.providers.local_mlx import GenerationResult
 from workbench.providers.params import BatchGenerateParams, GenerateParams
+from workbench.providers.router import ProviderStream
+from workbench.providers.secrets import redactor
 
 router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized])
 
@@ -36,24 +38,25 @@ async def generate(params: GenerateParams, workbench: WorkbenchDep):
     """Generate from a prompt or chat messages, whole or streamed."""
     if not params.stream:
         return _response(await run_in_threadpool(workbench.generate, params))
-    prepared, stream = await run_in_threadpool(workbench.local.start, params)
-    return StreamingResponse(_events(prepared, stream, params.prompt), media_type="text/event-stream")
+    stream = await run_in_threadpool(workbench.stream, params)
+    return StreamingResponse(_events(stream), media_type="text/event-stream")
 
 
-async def _events(prepared, stream, prompt):
+async def _events(stream: ProviderStream):
     pieces = iter(stream)
     try:
         while (piece := await run_in_threadpool(next, pieces, None)) is not None:
             yield format_sse_event(data_str=json.dumps({"text": piece}), event="token")
-        body = _response(prepared.result(stream, prompt))
+        body = _response(stream.result())
         yield format_sse_event(data_str=json.dumps(body), event="done")
     except Exception as exc:
-        yield format_sse_event(data_str=json.dumps({"detail": str(exc)}), event="error")
+        detail = redactor(f"{type(exc).__name__}: {exc}")
+        yield format_sse_event(data_str=json.dumps({"detail": detail}), event="error")
     finally:
         stream.cancel()  # the client may have gone: free its place in the batch
 
 
 @router.post("/batch", response_model=list[BatchItem])
 async def generate_batch(params: BatchGenerateParams, workbench: WorkbenchDep) -> list[dict]:
-    """Generate for several prompts at once; they share the engine's batch."""
+    """Generate for several prompts at once (the local engine batches them together)."""
     return [_response(r) for r in await run_in_threadpool(workbench.generate_batch, params)]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+LOCAL = "local_mlx"
+
 
 @dataclass(frozen=True)
 class ProviderInfo:
     name: str
-    kind: str  # "remote" (through litellm) or "local"
+    kind: str  # "remote" (an API reached through litellm) or "local" (this process)
+    litellm_prefix: str  # litellm's provider prefix: "<prefix>/<model>"
     needs_key: bool
     default_model: str | None
     default_api_base: str | None = None
@@ -17,10 +20,12 @@ class ProviderInfo:
 PROVIDERS: dict[str, ProviderInfo] = {
     p.name: p
     for p in (
-        ProviderInfo("openai", "remote", True, "gpt-4o-mini"),
-        ProviderInfo("anthropic", "remote", True, "claude-3-5-haiku-latest"),
-        ProviderInfo("together", "remote", True, "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
-        ProviderInfo("ollama", "remote", False, "llama3.2", "http://127.0.0.1:11434"),
-        ProviderInfo("local_mlx", "local", False, None),
+        ProviderInfo("openai", "remote", "openai", True, "gpt-4o-mini"),
+        ProviderInfo("anthropic", "remote", "anthropic", True, "claude-3-5-haiku-latest"),
+        ProviderInfo("together", "remote", "together_ai", True, "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+        # Ollama's /api/chat; it runs locally and needs no key.
+        ProviderInfo("ollama", "remote", "ollama_chat", False, "llama3.2", "http://127.0.0.1:11434"),
+        # A litellm custom provider; its name must not be one of litellm's own, or litellm ignores it.
+        ProviderInfo(LOCAL, "local", "workbench_local", False, None),
     )
 }

@@ -38,6 +38,7 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     latency_ms: float = 0.0
     prompt: str | None = None
+    attempts: list[dict] = field(default_factory=list)
 
 
 @dataclass

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_STOPS = 4
 
+ProviderName = Literal["openai", "anthropic", "together", "ollama", "local_mlx"]
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +35,14 @@ class SamplingParams(BaseModel):
         default_factory=list,
         description=f"Up to {MAX_STOPS} strings; generation ends before the first one it produces.",
     )
-    model: str | None = Field(default=None, description="Model name; the default model if omitted.")
+    model: str | None = Field(
+        default=None,
+        description="The local model (the default model if omitted). Remote providers answer with "
+        "the model they were configured with.",
+    )
+    provider: ProviderName | None = Field(
+        default=None, description="Ask this provider only; without it the fallback chain is walked."
+    )
 
     @model_validator(mode="after")
     def _min_within_max(self):

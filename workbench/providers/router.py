@@ -1,0 +1,326 @@
+"""One fallback chain over all five providers, on litellm's Router.
+
+litellm does each call: the provider's protocol, its timeout, and cooldowns (a provider that failed
+is skipped for `cooldown_time` without a call). The chain itself is walked here, one provider per
+call, so each response can say exactly what was tried: provider, outcome, error class, milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from workbench.errors import InputError
+from workbench.providers.catalog import LOCAL, PROVIDERS
+from workbench.providers.litellm_bridge import LOCAL_ONLY, litellm, local_handler
+from workbench.providers.local_mlx import GenerationResult, LocalMLX
+from workbench.providers.params import GenerateParams
+from workbench.providers.secrets import mask_key, redactor
+from workbench.providers.store import ProviderConfig, ProviderStore
+from workbench.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AllProvidersFailed(RuntimeError):
+    def __init__(self, attempts: list[dict]):
+        tried = ", ".join(f"{a['provider']}: {a['outcome']}" for a in attempts) or "none configured"
+        super().__init__(f"no provider could answer ({tried})")
+        self.attempts = attempts
+
+
+@dataclass
+class ProviderHealth:
+    last_success: float | None = None
+    last_error: dict | None = None
+
+
+@dataclass
+class Attempt:
+    provider: str
+    outcome: str  # "ok", "failed", "skipped"
+    error: str | None = None  # exception class, or why it was skipped
+    message: str | None = None
+    ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class _Call:
+    model: str  # the provider's model name, without litellm's prefix
+    messages: list[dict]
+    kwargs: dict = field(default_factory=dict)
+
+
+class ProviderStream:
+    """A streamed answer from whichever provider took it: iterate for text, then `result()`."""
+
+    def __init__(self, pieces, finish, cancel, attempts: list[dict]):
+        self._pieces, self._finish, self.cancel, self.attempts = pieces, finish, cancel, attempts
+
+    def __iter__(self):
+        return iter(self._pieces)
+
+    def result(self) -> GenerationResult:
+        result = self._finish()
+        result.attempts = self.attempts
+        return result
+
+
+class ProviderRouter:
+    def __init__(self, settings: Settings, local: LocalMLX):
+        self.settings = settings
+        self.local = local
+        self.store = ProviderStore(settings.home_dir / "providers.json")
+        self.health = {name: ProviderHealth() for name in PROVIDERS}
+        self._instance = uuid.uuid4().hex
+        local_handler.instances[self._instance] = local
+        self._lock = threading.Lock()
+        self._router = self._build()
+
+    # Configuration ------------------------------------------------------------------------------
+
+    def configure(self, config: ProviderConfig) -> dict:
+        entry = self.store.configure(config)
+        with self._lock:
+            self._router = self._build()
+            self.health[config.provider] = ProviderHealth()
+        log.info("provider %s configured (model %s)", config.provider, entry["model"])
+        return entry
+
+    def remove(self, provider: str) -> bool:
+        found = self.store.remove(provider)
+        with self._lock:
+            self._router = self._build()
+        return found
+
+    def set_fallback(self, order: list[str] | None) -> list[str]:
+        self.store.set_fallback(order)
+        return self.chain()
+
+    def configured(self, name: str) -> bool:
+        return name == LOCAL or name in self.store.configs
+
+    def chain(self, provider: str | None = None) -> list[str]:
+        """The providers a request walks, in order."""
+        if provider:
+            return [provider]
+        order = self.store.fallback or self.settings.fallback_order
+        if order:
+            return list(order)
+        remotes = sorted(self.store.configs, key=lambda n: self.store.configs[n]["configured_at"])
+        return [n for n in remotes if n != LOCAL] + [LOCAL]
+
+    def _build(self):
+        model_list = [{
+            "model_name": LOCAL,
+            "litellm_params": {"model": f"{PROVIDERS[LOCAL].litellm_prefix}/{self.settings.default_model}"},
+            "model_info": {"id": LOCAL},
+        }]
+        for name, entry in self.store.configs.items():
+            if name == LOCAL:
+                continue
+            params = {"model": f"{PROVIDERS[name].litellm_prefix}/{entry['model']}",
+                      "timeout": entry["timeout"], "max_retries": 0}
+            if entry.get("api_key"):
+                params["api_key"] = entry["api_key"]
+            if entry.get("api_base"):
+                params["api_base"] = entry["api_base"]
+            model_list.append({"model_name": name, "litellm_params": params, "model_info": {"id": name}})
+        names = [m["model_name"] for m in model_list]
+        return litellm.Router(
+            model_list=model_list,
+            # A group of one deployment with no fallback group is never cooled down by litellm:
+            # naming fallbacks for each makes every provider cool down after a failure. They are
+            # not used for calls (disable_fallbacks): the chain is walked in `complete`.
+            fallbacks=[{name: [n for n in names if n != name]} for name in names],
+            num_retries=0,
+            allowed_fails=0,
+            cooldown_time=self.settings.provider_cooldown_s,
+            retry_after=0,
+        )
+
+    # Calls --------------------------------------------------------------------------------------
+
+    def cooling_down(self) -> dict[str, float]:
+        """Provider name -> until when (epoch seconds) it is skipped."""
+        active = self._router.health().cooldowns.get_active_cooldowns(list(PROVIDERS), None)
+        return {name: value["timestamp"] + value["cooldown_time"] for name, value in active}
+
+    def complete(self, params: GenerateParams) -> GenerationResult:
+        """Ask each provider of the chain in turn until one answers."""
+        attempts: list[Attempt] = []
+        for name in self._candidates(params, attempts):
+            call = self._call_for(name, params)
+            started = time.perf_counter()
+            try:
+                response = self._router.completion(model=name, messages=call.messages,
+                                                   disable_fallbacks=True, **call.kwargs)
+            except Exception as exc:
+                attempts.append(self._failed(name, exc, started))
+                continue
+            self._succeeded(name, started, attempts)
+            return self._result(name, call, response, params, [a.as_dict() for a in attempts])
+        raise AllProvidersFailed([a.as_dict() for a in attempts])
+
+    def stream(self, params: GenerateParams) -> ProviderStream:
+        """As `complete`, streamed. A provider may fail over to the next until its first piece."""
+        attempts: list[Attempt] = []
+        for name in self._candidates(params, attempts):
+            started = time.perf_counter()
+            if name == LOCAL:
+                # In-process: stream from the engine itself, which also reports the folder and warnings.
+                self._succeeded(name, started, attempts)
+                return self._local_stream(params, [a.as_dict() for a in attempts])
+            call = self._call_for(name, params)
+            try:
+                response = self._router.completion(model=name, messages=call.messages, stream=True,
+                                                   disable_fallbacks=True, **call.kwargs)
+                chunks = iter(response)
+                first = next(chunks, None)
+            except Exception as exc:
+                attempts.append(self._failed(name, exc, started))
+                continue
+            self._succeeded(name, started, attempts)
+            return self._remote_stream(name, call, params, first, chunks, [a.as_dict() for a in attempts])
+        raise AllProvidersFailed([a.as_dict() for a in attempts])
+
+    def _local_stream(self, params: GenerateParams, attempts: list[dict]) -> ProviderStream:
+        prepared, stream = self.local.start(params)
+        return ProviderStream(
+            iter(stream), lambda: prepared.result(stream, params.prompt), stream.cancel, attempts
+        )
+
+    def _remote_stream(self, name, call, params, first, chunks, attempts) -> ProviderStream:
+        parts, state = [], {"finish_reason": "stop", "usage": None}
+
+        def pieces():
+            for chunk in itertools.chain([first] if first is not None else [], chunks):
+                choice = chunk.choices[0] if chunk.choices else None
+                text = (choice.delta.content if choice and choice.delta else None) or ""
+                if choice and choice.finish_reason:
+                    state["finish_reason"] = choice.finish_reason
+                if getattr(chunk, "usage", None):
+                    state["usage"] = chunk.usage
+                if text:
+                    parts.append(text)
+                    yield text
+
+        def finish() -> GenerationResult:
+            usage = state["usage"]
+            return GenerationResult(
+                generated_text="".join(parts), finish_reason=state["finish_reason"],
+                prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                model=call.model, model_path=f"{name}:{call.model}", provider_used=name, prompt=params.prompt,
+            )
+
+        return ProviderStream(pieces(), finish, lambda: None, attempts)
+
+    def _candidates(self, params: GenerateParams, attempts: list[Attempt]):
+        """The chain's providers that may be called now; the others go into `attempts` as skipped."""
+        chain = self._usable_chain(params)
+        cooling = self.cooling_down()
+        for name in chain:
+            if not self.configured(name):
+                attempts.append(Attempt(name, "skipped", "not configured"))
+            elif name in cooling:
+                left = cooling[name] - time.time()
+                attempts.append(Attempt(name, "skipped", f"cooling down for {left:.0f} s"))
+            else:
+                yield name
+
+    def _succeeded(self, name: str, started: float, attempts: list[Attempt]) -> None:
+        attempts.append(Attempt(name, "ok", ms=round((time.perf_counter() - started) * 1000, 1)))
+        self.health[name].last_success = time.time()
+
+    def _usable_chain(self, params: GenerateParams) -> list[str]:
+        if params.provider and not self.configured(params.provider):
+            raise InputError(
+                "provider", f"{params.provider} is not configured: POST /providers/configure first"
+            )
+        chain = self.chain(params.provider)
+        if LOCAL in chain:
+            self.local.model(params.model)  # an unknown local model is the caller's error, found now
+        return chain
+
+    def _call_for(self, name: str, params: GenerateParams) -> _Call:
+        kwargs = {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
+        if params.stop:
+            kwargs["stop"] = params.stop
+        if params.messages is not None:
+            messages = [m.model_dump() for m in params.messages]
+        else:
+            messages = [{"role": "user", "content": params.prompt}]
+        if name == LOCAL:
+            model = params.model or self.settings.default_model
+            kwargs |= {"workbench_instance": self._instance, "workbench_model": model,
+                       "min_tokens": params.min_tokens}
+            if params.prompt is not None:
+                kwargs["raw_prompt"] = params.prompt
+        else:
+            model = self.store.configs[name]["model"]
+        assert name == LOCAL or not set(kwargs) & set(LOCAL_ONLY)
+        return _Call(model, messages, kwargs)
+
+    def _failed(self, name: str, exc: Exception, started: float) -> Attempt:
+        message = redactor(str(exc))[:300]
+        attempt = Attempt(name, "failed", type(exc).__name__, message,
+                          round((time.perf_counter() - started) * 1000, 1))
+        self.health[name].last_error = {"at": time.time(), "error": attempt.error, "message": message}
+        log.warning("provider %s failed after %.0f ms: %s", name, attempt.ms, attempt.error)
+        return attempt
+
+    def _result(self, name: str, call: _Call, response, params: GenerateParams,
+                attempts: list[dict]) -> GenerationResult:
+        local = response._hidden_params.get("workbench")
+        if local is not None:
+            return GenerationResult(**(local | {"provider_used": name, "attempts": attempts}))
+        choice = response.choices[0]
+        usage = getattr(response, "usage", None)
+        return GenerationResult(
+            generated_text=choice.message.content or "",
+            finish_reason=choice.finish_reason or "stop",
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            model=call.model,
+            model_path=f"{name}:{call.model}",
+            provider_used=name,
+            attempts=attempts,
+            prompt=params.prompt,
+        )
+
+    # Listing ------------------------------------------------------------------------------------
+
+    def listing(self) -> dict[str, dict]:
+        cooling = self.cooling_down()
+        listing = {}
+        for name, info in PROVIDERS.items():
+            entry = self.store.configs.get(name, {})
+            configured = self.configured(name)
+            health = self.health[name]
+            listing[name] = {
+                "kind": info.kind,
+                "configured": configured,
+                "usable": configured and name not in cooling,
+                "model": (
+                    self.settings.default_model if name == LOCAL else entry.get("model", info.default_model)
+                ),
+                "api_base": entry.get("api_base") or info.default_api_base,
+                "api_key": mask_key(entry.get("api_key")),
+                "needs_key": info.needs_key,
+                "timeout": entry.get("timeout"),
+                "health": {
+                    "last_success": health.last_success,
+                    "last_error": health.last_error,
+                    "cooling_down_until": cooling.get(name),
+                },
+            }
+        listing[LOCAL]["loaded_models"] = self.local.loaded_models()
+        return listing
