@@ -1,4 +1,8 @@
-"""One error shape for every 4xx: FastAPI's own, `{"detail": [{"loc", "msg", "type"}]}`."""
+"""One error shape for every 4xx: FastAPI's own, `{"detail": [{"loc", "msg", "type"}]}`.
+
+Under /v1 the same errors take OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+so OpenAI clients show the reason.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,6 @@ from workbench.providers.router import AllProvidersFailed
 log = logging.getLogger("service")
 
 
-def input_error_body(exc: InputError) -> dict:
-    return {"detail": [{"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_input"}]}
-
-
 def _without_secrets(error: dict) -> dict:
     """FastAPI echoes the offending input; never echo a key, nor a whole body that holds one."""
     given = error.get("input")
@@ -27,19 +27,32 @@ def _without_secrets(error: dict) -> dict:
     return error
 
 
+def _answer(request: Request, status: int, errors: list[dict], **extra) -> JSONResponse:
+    if request.url.path.startswith("/v1/"):
+        first = errors[0]
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in errors)
+        kind = "invalid_request_error" if status < 500 else "service_unavailable"
+        body = {"error": {"message": message, "type": kind, "param": field, "code": None}}
+    else:
+        body = {"detail": jsonable_encoder(errors)}
+    return JSONResponse(status_code=status, content=body | extra)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [_without_secrets(e) for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+        return _answer(request, 422, [_without_secrets(e) for e in exc.errors()])
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content=input_error_body(exc))
+        error = {"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_input"}
+        return _answer(request, exc.status, [error])
 
     @app.exception_handler(AllProvidersFailed)
     async def _no_provider(request: Request, exc: AllProvidersFailed) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc), "attempts": exc.attempts})
+        error = {"loc": ["body", "provider"], "msg": str(exc), "type": "no_provider"}
+        return _answer(request, 503, [error], attempts=exc.attempts)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

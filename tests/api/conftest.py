@@ -19,6 +19,7 @@ ALIASES = {"mlx-community/Qwen3-1.7B-8bit": "tiny"}
 class Service:
     url: str
     log: Path
+    home: Path
     token: str | None = None
 
     def _headers(self, headers):
@@ -32,6 +33,9 @@ class Service:
 
     def post(self, path, json=None, headers=None, **kw):
         return requests.post(self.url + path, json=json, headers=self._headers(headers), timeout=120, **kw)
+
+    def delete(self, path, headers=None, **kw):
+        return requests.delete(self.url + path, headers=self._headers(headers), timeout=120, **kw)
 
     def log_text(self) -> str:
         return self.log.read_text()
@@ -49,7 +53,7 @@ def run_service(home: Path, models_dir: str, **env_extra: str):
         "HF_HUB_OFFLINE": "1",
     } | env_extra
     with service_process(env, log) as url:
-        yield Service(url, log, env_extra.get("WORKBENCH_API_TOKEN"))
+        yield Service(url, log, home, env_extra.get("WORKBENCH_API_TOKEN"))
 
 
 @pytest.fixture(scope="session")
