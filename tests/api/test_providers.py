@@ -120,6 +120,7 @@ def test_a_remote_provider_streams(svc):
     ("hang", "Timeout"),
     ("401", "AuthenticationError"),
     ("429", "RateLimitError"),
+    ("403", None),
     ("500", "InternalServerError"),
     ("garbage", None),
 ])

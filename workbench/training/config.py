@@ -1,0 +1,99 @@
+"""The training configuration: every field of the user's plan, plus what fine-tuners expect.
+
+One pydantic model validates the API's input, the command line's YAML and the notebooks' forms.
+Defaults run on the tiny local model in seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+TrainingType = Literal["sft", "lora", "qlora"]
+DatasetFormat = Literal["auto", "alpaca", "sharegpt", "chat", "completions", "text"]
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # What to train ------------------------------------------------------------------------------
+    experiment_name: str = Field(description="Unique name: letters, digits, . _ -; up to 64 characters.")
+    model_name: str | None = Field(
+        default=None, min_length=1, description="Base model: name, alias or folder (else the default)."
+    )
+    training_type: TrainingType = Field(
+        description="sft (all weights), lora, or qlora (LoRA over a 4-bit base)."
+    )
+
+    # Data ---------------------------------------------------------------------------------------
+    dataset: str = Field(
+        min_length=1,
+        description="alpaca, sharegpt or custom (samples shipped with the workbench), or a Hugging Face "
+        "dataset id or folder loaded with `datasets` (local or cached).",
+    )
+    dataset_path: str | None = Field(
+        default=None,
+        description="Your own file or folder (.jsonl, .json, .csv, .parquet) under an allowed root.",
+    )
+    dataset_format: DatasetFormat = Field(default="auto", description="How rows are read; auto detects it.")
+    max_seq_length: int = Field(default=512, ge=16, le=131072, description="Longer samples are truncated.")
+    mask_prompt: bool = Field(default=True, description="Train on the answers only, not on the prompts.")
+    validation_split: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation loss."
+    )
+
+    # Optimisation -------------------------------------------------------------------------------
+    batch_size: int = Field(default=4, ge=1, le=1024)
+    learning_rate: float = Field(default=1e-4, gt=0, le=1.0)
+    num_epochs: int = Field(default=1, ge=1, le=1000)
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many steps; default: num_epochs over the data."
+    )
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Clip gradients to this norm.")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+    seed: int = Field(default=0, ge=0)
+
+    # LoRA ---------------------------------------------------------------------------------------
+    lora_rank: int = Field(default=8, ge=1, le=1024)
+    lora_alpha: float = Field(default=16.0, gt=0, description="LoRA scale is lora_alpha / lora_rank.")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_layers: int = Field(default=-1, ge=-1, description="Last N transformer layers get LoRA; -1: all.")
+    quantization: Literal["int4", "int8"] | None = Field(
+        default=None, description="QLoRA's base: int4 (default for qlora) or int8."
+    )
+
+    # Evaluation and checkpoints -----------------------------------------------------------------
+    eval_steps: int = Field(default=50, ge=1, description="Validation loss every this many steps.")
+    eval_batches: int = Field(default=4, ge=1, description="Validation batches per evaluation.")
+    eval_provider: Literal["openai", "anthropic", "together", "ollama", "local_mlx"] | None = Field(
+        default=None, description="A provider that judges the model's answers to held-out prompts."
+    )
+    eval_prompts: int = Field(default=3, ge=1, le=50, description="Held-out prompts the judge scores.")
+    save_every: int = Field(default=100, ge=1, description="Checkpoint every this many steps (and at stop).")
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not EXPERIMENT_NAME.match(value):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.quantization and self.training_type != "qlora":
+            raise ValueError("quantization applies to training_type qlora only")
+        if self.training_type == "qlora" and self.quantization is None:
+            self.quantization = "int4"
+        return self
+
+    @property
+    def quantization_bits(self) -> int | None:
+        return {"int4": 4, "int8": 8}.get(self.quantization or "")
