@@ -1,0 +1,194 @@
+"""The SQLite store of jobs, their step metrics and their events (WAL: the service reads while
+workers write, each process with its own connection)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ACTIVE = ("queued", "running")
+RESUMABLE = ("stopped", "failed", "interrupted")
+TERMINAL = ("completed", "failed", "stopped", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    experiment_name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    phase TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL,
+    current_step INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER,
+    loss REAL,
+    eval_loss REAL,
+    judge_score REAL,
+    tokens_per_s REAL,
+    peak_memory_mb REAL,
+    checkpoint TEXT,
+    adapter_path TEXT,
+    model_path TEXT,
+    run_dir TEXT NOT NULL,
+    backend TEXT,
+    error TEXT,
+    pid INTEGER,
+    resume INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (experiment_name, created_at);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    loss REAL,
+    learning_rate REAL,
+    tokens INTEGER,
+    tokens_per_s REAL,
+    peak_memory_mb REAL,
+    eval_loss REAL,
+    judge_score REAL,
+    PRIMARY KEY (job_id, step)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    level TEXT NOT NULL,
+    type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
+"""
+
+_JOB_FIELDS = {
+    "status", "phase", "started_at", "finished_at", "current_step", "total_steps", "loss", "eval_loss",
+    "judge_score", "tokens_per_s", "peak_memory_mb", "checkpoint", "adapter_path", "model_path", "backend",
+    "error", "pid", "resume",
+}
+
+
+class JobStore:
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+
+    def _run(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # Jobs ---------------------------------------------------------------------------------------
+
+    def create(self, experiment_name: str, config: dict, run_dir: Path, model_path: str) -> dict:
+        job_id = f"job-{uuid.uuid4().hex[:12]}"
+        now = time.time()
+        self._run(
+            "INSERT INTO jobs (job_id, experiment_name, config, status, phase, created_at, updated_at,"
+            " run_dir, model_path) VALUES (?, ?, ?, 'queued', 'queued', ?, ?, ?, ?)",
+            (job_id, experiment_name, json.dumps(config), now, now, str(run_dir / job_id), model_path),
+        )
+        self.event(job_id, "message", f"job created for experiment {experiment_name}")
+        return self.get(job_id)
+
+    def update(self, job_id: str, **fields) -> None:
+        unknown = set(fields) - _JOB_FIELDS
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        if "error" in fields and isinstance(fields["error"], dict):
+            fields["error"] = json.dumps(fields["error"])
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._run(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*fields.values(), job_id))
+
+    def get(self, job_id: str) -> dict | None:
+        rows = self._run("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def latest(self, experiment_name: str) -> dict | None:
+        rows = self._run(
+            "SELECT * FROM jobs WHERE experiment_name = ? ORDER BY created_at DESC LIMIT 1",
+            (experiment_name,),
+        )
+        return _job(rows[0]) if rows else None
+
+    def jobs(self, status: tuple[str, ...] | None = None) -> list[dict]:
+        if status:
+            marks = ",".join("?" * len(status))
+            rows = self._run(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at", status)
+        else:
+            rows = self._run("SELECT * FROM jobs ORDER BY created_at DESC")
+        return [_job(r) for r in rows]
+
+    def set_status(self, job_id: str, status: str, message: str, level: str = "info", **fields) -> None:
+        if status in TERMINAL:
+            fields.setdefault("finished_at", time.time())
+        self.update(job_id, status=status, **fields)
+        self.event(job_id, "state", message, level=level, data={"status": status, **_plain(fields)})
+
+    # Metrics and events -------------------------------------------------------------------------
+
+    def metric(self, job_id: str, step: int, **values) -> None:
+        names = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{n} = COALESCE(excluded.{n}, {n})" for n in values)
+        self._run(
+            f"INSERT INTO metrics (job_id, step, time, {names}) VALUES (?, ?, ?, {marks})"
+            f" ON CONFLICT (job_id, step) DO UPDATE SET {updates}",
+            (job_id, step, time.time(), *values.values()),
+        )
+
+    def metrics(self, job_id: str) -> list[dict]:
+        rows = self._run("SELECT * FROM metrics WHERE job_id = ? ORDER BY step", (job_id,))
+        return [{k: r[k] for k in r.keys() if k != "job_id"} for r in rows]
+
+    def event(
+        self, job_id: str, type: str, message: str, level: str = "info", data: dict | None = None
+    ) -> None:
+        self._run(
+            "INSERT INTO events (job_id, time, level, type, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, time.time(), level, type, message, json.dumps(data) if data is not None else None),
+        )
+
+    def events(self, job_ids: list[str], after: int = 0) -> list[dict]:
+        marks = ",".join("?" * len(job_ids))
+        rows = self._run(
+            f"SELECT * FROM events WHERE job_id IN ({marks}) AND id > ? ORDER BY id", (*job_ids, after)
+        )
+        return [
+            {"id": r["id"], "job_id": r["job_id"], "time": r["time"], "level": r["level"], "type": r["type"],
+             "message": r["message"], "data": json.loads(r["data"]) if r["data"] else None}
+            for r in rows
+        ]
+
+    def job_ids(self, experiment_name: str) -> list[str]:
+        rows = self._run(
+            "SELECT job_id FROM jobs WHERE experiment_name = ? ORDER BY created_at", (experiment_name,)
+        )
+        return [r["job_id"] for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _plain(fields: dict) -> dict:
+    return {k: v for k, v in fields.items() if isinstance(v, (str, int, float, type(None)))}
+
+
+def _job(row: sqlite3.Row) -> dict:
+    job = {k: row[k] for k in row.keys()}
+    job["config"] = json.loads(job["config"])
+    job["error"] = json.loads(job["error"]) if job["error"] else None
+    job["resume"] = bool(job["resume"])
+    return job
