@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 import workbench
 from service.errors import install_error_handlers
-from service.routes import generate, openai_compat, providers, system
+from service.routes import generate, openai_compat, providers, system, training
 from workbench.core import Workbench
 from workbench.providers.secrets import redactor
 from workbench.settings import Settings
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (system, providers, generate, openai_compat):
+    for module in (system, providers, generate, openai_compat, training):
         app.include_router(module.router)
     return app
 

@@ -82,3 +82,58 @@ class FallbackRequest(BaseModel):
 
 class FallbackResponse(BaseModel):
     order: list[str]
+
+
+class StartResponse(BaseModel):
+    experiment_name: str
+    job_id: str
+    status: Literal["started"] = Field(description="Always `started`: the job was accepted.")
+    state: str = Field(description="The job's real state: queued or running.")
+    model_path: str = Field(description="The base model folder the name resolved to.")
+
+
+class JobStatus(BaseModel):
+    experiment_name: str
+    job_id: str
+    status: str = Field(description="queued, running, completed, failed, stopped or interrupted.")
+    phase: str | None = Field(description="loading_model, loading_data, training, evaluating, saving...")
+    current_step: int
+    total_steps: int | None
+    progress: float
+    loss: float | None
+    eval_loss: float | None
+    judge_score: float | None = Field(description="The eval_provider's mean score (0 to 10), if any.")
+    tokens_per_s: float | None
+    peak_memory_mb: float | None
+    checkpoint: str | None
+    adapter_path: str | None
+    model_name: str | None
+    model_path: str
+    training_type: str
+    backend: str | None = Field(description="cpu or gpu: where MLX trains.")
+    pid: int | None = Field(description="The worker process, while the job runs.")
+    error: dict | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    config: dict
+
+
+class JobAction(BaseModel):
+    experiment_name: str
+    job_id: str
+    action: str
+    state: str
+    current_step: int
+    checkpoint: str | None
+
+
+class MetricsResponse(BaseModel):
+    experiment_name: str
+    job_id: str
+    steps: list[dict]
+
+
+class FuseResponse(BaseModel):
+    experiment_name: str
+    path: str = Field(description="A model folder; use it as `model` or load it with mlx_lm.load.")

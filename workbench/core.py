@@ -7,24 +7,31 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from workbench import __version__
+from workbench.errors import InputError
 from workbench.models.resolver import ModelResolver
 from workbench.providers.local_mlx import GenerationResult, LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderRouter, ProviderStream
 from workbench.settings import Settings
 from workbench.system import memory_usage
+from workbench.training.config import TrainingConfig
+from workbench.training.manager import JobManager
+from workbench.training.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
 class Workbench:
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, manage_jobs: bool = True):
         self.settings = settings or Settings()
-        self.resolver = ModelResolver(self.settings)
+        self.store = JobStore(self.settings.home_dir / "workbench.db")
+        self.resolver = ModelResolver(self.settings, experiments=self._trained)
         self.local = LocalMLX(self.settings, self.resolver)
         self.router = ProviderRouter(self.settings, self.local)
+        self.jobs = JobManager(self.settings, self.resolver, self.store, manage=manage_jobs)
         self.started_at = time.time()
 
     def warm_up(self) -> threading.Thread:
@@ -39,6 +46,24 @@ class Workbench:
         thread = threading.Thread(target=load, name="warm-up", daemon=True)
         thread.start()
         return thread
+
+    def _trained(self, name: str) -> dict | None:
+        job = self.store.latest_completed(name)
+        if job is None:
+            return None
+        bits = TrainingConfig(**job["config"]).quantization_bits
+        return {"model_path": job["model_path"], "adapter_path": job["adapter_path"],
+                "quantization_bits": bits}
+
+    def fuse(self, experiment_name: str) -> Path:
+        """Merge an experiment's adapter into its base; answers the new model folder."""
+        from workbench.training.fuse import fuse_adapter
+
+        job = self.store.latest_completed(experiment_name)
+        if job is None:
+            self.jobs.job(experiment_name)  # 404 when there is no such experiment at all
+            raise InputError("experiment_name", f"{experiment_name} has no completed job to fuse", status=409)
+        return fuse_adapter(self.resolver.resolve(experiment_name), Path(job["run_dir"]) / "fused")
 
     def providers(self) -> dict[str, dict]:
         return self.router.listing()
@@ -70,12 +95,14 @@ class Workbench:
                 "default_model": self.settings.default_model,
                 "loaded_models": self.local.loaded_models(),
             },
-            "training_jobs": {"running": 0, "queued": 0, "total": 0},
+            "training_jobs": self.jobs.counts(),
             "memory_usage": memory_usage(),
         }
 
     def close(self) -> None:
+        self.jobs.close()
         self.local.close()
+        self.store.close()
 
 
 def _version_of(package: str) -> str | None:

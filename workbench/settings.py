@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 
@@ -57,6 +58,13 @@ class Settings(BaseSettings):
     provider_cooldown_s: float = Field(
         default=30.0, ge=0, description="How long a provider that failed is skipped."
     )
+    job_concurrency: int = Field(
+        default=1, ge=1, description="Training jobs that run at once; more wait queued."
+    )
+    dataset_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders besides <home>/datasets that dataset_path may point into (JSON list).",
+    )
     log_level: str = "INFO"
 
     @cached_property
@@ -68,6 +76,17 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.models_path.expanduser().resolve() if self.models_path else self.home_dir / "models"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as WORKBENCH_* variables, for a child process (a training worker)."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None or name == "api_token":  # a worker needs no token: keep secrets in one place
+                continue
+            if name == "home":
+                value = str(self.home_dir)
+            env[f"WORKBENCH_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        return env
 
     def requires_token(self) -> bool:
         return self.api_token is not None and bool(self.api_token.get_secret_value())

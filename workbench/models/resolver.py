@@ -1,15 +1,17 @@
 """Turns a model name into a loadable location, in the order DESIGN.md gives (decision 2).
 
 1. a registered name (`tiny`, `random/qwen3-0.6b-4bit`, ...) or an alias from the settings;
-2. a local folder in the Hugging Face layout;
-3. the Hugging Face cache;
-4. the hub, where a network exists (mlx_lm.load downloads it).
+2. the name of a trained experiment: its base model with its adapter;
+3. a local folder in the Hugging Face layout;
+4. the Hugging Face cache;
+5. the hub, where a network exists (mlx_lm.load downloads it).
 A name that resolves nowhere raises ModelNotFound, so callers can answer 4xx before any work starts.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,7 +19,7 @@ from typing import Literal
 from workbench.models.builder import builtin_names, builtin_spec, ensure_built
 from workbench.settings import Settings
 
-Source = Literal["registered", "folder", "hf-cache", "hub"]
+Source = Literal["registered", "experiment", "folder", "hf-cache", "hub"]
 
 
 class ModelNotFound(LookupError):
@@ -32,11 +34,15 @@ class ResolvedModel:
     name: str  # as the caller asked for it
     path: str  # a folder, or a hub repo id when source is "hub"
     source: Source
+    adapter_path: str | None = None  # a trained experiment's adapter, applied over `path`
+    quantization_bits: int | None = None  # QLoRA's base was quantized before its adapter was trained
 
 
 class ModelResolver:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, experiments: Callable[[str], dict | None] | None = None):
         self.settings = settings
+        # name -> {"model_path", "adapter_path", "quantization_bits"} of a finished training job
+        self.experiments = experiments or (lambda name: None)
 
     def names(self) -> list[str]:
         """Names that resolve without a network: registered names and aliases."""
@@ -53,6 +59,11 @@ class ModelResolver:
         spec = builtin_spec(target)
         if spec is not None:
             return ResolvedModel(name, str(ensure_built(spec, self.settings.models_dir)), "registered")
+
+        trained = self.experiments(target)
+        if trained is not None:
+            return ResolvedModel(name, trained["model_path"], "experiment", trained["adapter_path"],
+                                 trained.get("quantization_bits"))
 
         folder = Path(target).expanduser()
         if folder.is_dir():

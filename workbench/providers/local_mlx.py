@@ -64,6 +64,21 @@ class PreparedRequest:
         )
 
 
+def load_resolved(resolved: ResolvedModel):
+    """mlx_lm.load, and for a trained experiment its adapter over the base it was trained on."""
+    if resolved.adapter_path is None:
+        return mlx_lm.load(resolved.path, return_config=True)
+    import mlx.nn as nn
+    from mlx_lm.tuner.utils import load_adapters
+
+    model, tokenizer, config = mlx_lm.load(resolved.path, return_config=True)
+    if resolved.quantization_bits and "quantization" not in config:
+        nn.quantize(model, group_size=64, bits=resolved.quantization_bits)
+    load_adapters(model, resolved.adapter_path)
+    model.eval()
+    return model, tokenizer, config
+
+
 class LocalMLX:
     def __init__(self, settings: Settings, resolver: ModelResolver):
         self.settings = settings
@@ -75,17 +90,20 @@ class LocalMLX:
         """The loaded model for a name, loading it (and unloading the least used) if needed."""
         name = name or self.settings.default_model
         with self._lock:
-            if name in self._loaded:
+            cached = self._loaded.get(name)
+            if cached is not None and not self._retrained(cached):
                 self._loaded.move_to_end(name)
-                return self._loaded[name]
+                return cached
             try:
                 resolved = self.resolver.resolve(name)
             except ModelNotFound as exc:
                 raise InputError("model", str(exc)) from None
             try:
-                model, tokenizer, config = mlx_lm.load(resolved.path, return_config=True)
+                model, tokenizer, config = load_resolved(resolved)
             except Exception as exc:
                 raise InputError("model", f"{name!r} could not be loaded: {exc}") from None
+            if cached is not None:
+                cached.engine.close()
             loaded = LoadedModel(
                 resolved, LocalEngine(model, tokenizer), config.get("max_position_embeddings", 4096)
             )
@@ -95,9 +113,17 @@ class LocalMLX:
                 evicted.engine.close()
             return loaded
 
+    def _retrained(self, loaded: LoadedModel) -> bool:
+        """An experiment trained again since it was loaded has a new adapter: load that one."""
+        if loaded.resolved.source != "experiment":
+            return False
+        current = self.resolver.experiments(loaded.resolved.name)
+        return current is None or current["adapter_path"] != loaded.resolved.adapter_path
+
     def loaded_models(self) -> list[dict]:
         return [
-            {"name": m.resolved.name, "path": m.resolved.path, "source": m.resolved.source}
+            {"name": m.resolved.name, "path": m.resolved.path, "source": m.resolved.source,
+             "adapter_path": m.resolved.adapter_path}
             for m in self._loaded.values()
         ]
 

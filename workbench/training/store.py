@@ -90,13 +90,15 @@ class JobStore:
 
     # Jobs ---------------------------------------------------------------------------------------
 
-    def create(self, experiment_name: str, config: dict, run_dir: Path, model_path: str) -> dict:
+    def create(self, experiment_name: str, config: dict, run_dir: Path, model_path: str,
+               status: str = "queued") -> dict:
         job_id = f"job-{uuid.uuid4().hex[:12]}"
         now = time.time()
         self._run(
             "INSERT INTO jobs (job_id, experiment_name, config, status, phase, created_at, updated_at,"
-            " run_dir, model_path) VALUES (?, ?, ?, 'queued', 'queued', ?, ?, ?, ?)",
-            (job_id, experiment_name, json.dumps(config), now, now, str(run_dir / job_id), model_path),
+            " run_dir, model_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, experiment_name, json.dumps(config), status, status, now, now, str(run_dir / job_id),
+             model_path),
         )
         self.event(job_id, "message", f"job created for experiment {experiment_name}")
         return self.get(job_id)
@@ -118,6 +120,14 @@ class JobStore:
     def latest(self, experiment_name: str) -> dict | None:
         rows = self._run(
             "SELECT * FROM jobs WHERE experiment_name = ? ORDER BY created_at DESC LIMIT 1",
+            (experiment_name,),
+        )
+        return _job(rows[0]) if rows else None
+
+    def latest_completed(self, experiment_name: str) -> dict | None:
+        rows = self._run(
+            "SELECT * FROM jobs WHERE experiment_name = ? AND status = 'completed'"
+            " AND adapter_path IS NOT NULL ORDER BY created_at DESC LIMIT 1",
             (experiment_name,),
         )
         return _job(rows[0]) if rows else None

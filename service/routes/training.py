@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from fastapi import APIRouter, Header
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
+
+from service.deps import Authorized, WorkbenchDep
+from service.schemas import FuseResponse, JobAction, JobStatus, MetricsResponse, StartResponse
+from workbench.training.config import TrainingConfig
+from workbench.training.store import ACTIVE, TERMINAL
+
+router = APIRouter(prefix="/train", tags=["training"], dependencies=[Authorized])
+
+
+_SHOWN = (
+    "experiment_name", "job_id", "status", "phase", "current_step", "total_steps", "loss", "eval_loss",
+    "judge_score", "tokens_per_s", "peak_memory_mb", "checkpoint", "adapter_path", "model_path", "backend",
+    "error", "created_at", "started_at", "finished_at", "pid",
+)
+_EVENTS_DOC = {200: {"content": {"text/event-stream": {}},
+                     "description": "Server-sent events; reconnect with Last-Event-ID to miss nothing."}}
+
+
+def describe(job: dict) -> dict:
+    """A job as the API shows it."""
+    config = job["config"]
+    total = job["total_steps"]
+    return {
+        **{k: job[k] for k in _SHOWN},
+        "progress": round(job["current_step"] / total, 4) if total else 0.0,
+        "model_name": config.get("model_name"),
+        "training_type": config["training_type"],
+        "config": config,
+    }
+
+
+@router.post("/start", response_model=StartResponse)
+def start(config: TrainingConfig, workbench: WorkbenchDep) -> dict:
+    """Queue a training job; it starts at once when fewer than job_concurrency jobs run."""
+    job = workbench.jobs.start(config)
+    return {"experiment_name": job["experiment_name"], "job_id": job["job_id"], "status": "started",
+            "state": job["status"], "model_path": job["model_path"]}
+
+
+@router.get("/jobs", response_model=list[JobStatus])
+def jobs(workbench: WorkbenchDep) -> list[dict]:
+    """Every job, newest first."""
+    return [describe(job) for job in workbench.store.jobs()]
+
+
+@router.get("/{experiment_name}/status", response_model=JobStatus)
+def status(experiment_name: str, workbench: WorkbenchDep) -> dict:
+    """The latest job of an experiment: state, phase, step, loss, speed, memory, checkpoint, error."""
+    return describe(workbench.jobs.job(experiment_name))
+
+
+@router.post("/{experiment_name}/stop", response_model=JobAction)
+def stop(experiment_name: str, workbench: WorkbenchDep) -> dict:
+    """Stop a queued or running job; a running one writes a checkpoint first (waits up to 30 s)."""
+    job = workbench.jobs.stop(experiment_name)
+    deadline = time.monotonic() + 30
+    while job["status"] in ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = workbench.store.get(job["job_id"])
+    return {"experiment_name": experiment_name, "job_id": job["job_id"], "action": "stopped",
+            "state": job["status"], "current_step": job["current_step"], "checkpoint": job["checkpoint"]}
+
+
+@router.post("/{experiment_name}/resume", response_model=JobAction)
+def resume(experiment_name: str, workbench: WorkbenchDep) -> dict:
+    """Continue a stopped, failed or interrupted job from its last checkpoint."""
+    job = workbench.jobs.resume(experiment_name)
+    return {"experiment_name": experiment_name, "job_id": job["job_id"], "action": "resumed",
+            "state": job["status"], "current_step": job["current_step"], "checkpoint": job["checkpoint"]}
+
+
+@router.get("/{experiment_name}/metrics", response_model=MetricsResponse)
+def metrics(experiment_name: str, workbench: WorkbenchDep) -> dict:
+    """The step series of the experiment's latest job: loss, learning rate, tokens/s, memory, eval loss."""
+    job = workbench.jobs.job(experiment_name)
+    return {"experiment_name": experiment_name, "job_id": job["job_id"],
+            "steps": workbench.store.metrics(job["job_id"])}
+
+
+@router.get("/{experiment_name}/events", response_class=StreamingResponse, responses=_EVENTS_DOC)
+async def events(experiment_name: str, workbench: WorkbenchDep,
+                 last_event_id: int = Header(default=0, alias="Last-Event-ID")):
+    """Progress as server-sent events (types: state, message, metrics), until the job ends."""
+    job = workbench.jobs.job(experiment_name)
+
+    async def stream():
+        after = last_event_id
+        while True:
+            new = await run_in_threadpool(workbench.store.events, [job["job_id"]], after)
+            for event in new:
+                after = event["id"]
+                yield format_sse_event(data_str=json.dumps(event), event=event["type"], id=str(event["id"]))
+            current = await run_in_threadpool(workbench.store.get, job["job_id"])
+            if current["status"] in TERMINAL and not new:
+                return
+            await asyncio.sleep(0.3)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+@router.post("/{experiment_name}/fuse", response_model=FuseResponse)
+def fuse(experiment_name: str, workbench: WorkbenchDep) -> dict:
+    """Write the base model with the trained adapter merged into it, as a model folder."""
+    path = workbench.fuse(experiment_name)
+    return {"experiment_name": experiment_name, "path": str(path)}

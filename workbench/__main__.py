@@ -1,0 +1,89 @@
+"""`python -m workbench train config.yaml`: run a training job in the foreground, with a progress bar.
+
+The job goes into the same store as the service's jobs, so the service and the notebooks list it
+and can serve what it trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+from tqdm import tqdm
+
+import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
+from workbench.errors import InputError
+
+
+class BarReporter:
+    """Progress to the terminal, and to the job store like a worker's."""
+
+    def __init__(self, store_reporter):
+        self.inner = store_reporter
+        self.bar: tqdm | None = None
+
+    def phase(self, name: str, message: str) -> None:
+        self.inner.phase(name, message)
+        (self.bar.write if self.bar else print)(f"[{name}] {message}")
+
+    def step(self, step: int, total: int, metrics: dict) -> None:
+        self.inner.step(step, total, metrics)
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s'] or 0:.0f}")
+
+    def evaluation(self, step: int, metrics: dict) -> None:
+        self.inner.evaluation(step, metrics)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        (self.bar.write if self.bar else print)(f"step {step}: {shown}")
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.inner.checkpoint(step, path)
+
+    def note(self, message: str, data: dict | None = None) -> None:
+        self.inner.note(message, data)
+        (self.bar.write if self.bar else print)(message)
+
+
+def train(config_path: Path, resume: bool) -> int:
+    from workbench.core import Workbench
+    from workbench.training.config import TrainingConfig
+    from workbench.training.worker import StopSignals, StoreReporter, run_job
+
+    try:
+        config = TrainingConfig(**(yaml.safe_load(config_path.read_text()) or {}))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return 2
+    bench = Workbench(manage_jobs=False)  # a running service manages its own jobs
+    try:
+        job = bench.jobs.resume(config.experiment_name, launch=False) if resume else bench.jobs.start(
+            config, launch=False)
+        reporter = BarReporter(StoreReporter(bench.store, job["job_id"]))
+        status = run_job(job["job_id"], bench.settings, bench.store, StopSignals(), reporter)
+    except InputError as exc:
+        print(f"{exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        bench.close()
+    print(f"{config.experiment_name}: {status}")
+    return 0 if status == "completed" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("train", help="run a training job from a YAML configuration")
+    run.add_argument("config", type=Path, help="YAML with the fields of POST /train/start")
+    run.add_argument("--resume", action="store_true", help="continue the experiment from its last checkpoint")
+    args = parser.parse_args(argv)
+    return train(args.config, args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

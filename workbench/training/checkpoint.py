@@ -1,0 +1,77 @@
+"""Checkpoints that resume a run exactly, and adapters that mlx-lm loads.
+
+A checkpoint holds the trainable weights, the optimizer state, the step and the data position; it is
+written to a temporary folder and renamed, and `latest.json` is replaced atomically last, so a crash
+mid-save leaves the previous checkpoint in force.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    path: Path
+    weights: dict
+    optimizer_state: dict
+    extra: dict
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def save(folder: Path, step: int, model, optimizer, extra: dict, keep: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:07d}"
+    tmp = folder / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    mx.save_safetensors(str(tmp / "trainable.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    _write_json(tmp / "state.json", {"step": step, **extra})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_json(folder / "latest.json", {"step": step, "path": final.name})
+    older = sorted(p for p in folder.glob("step-*") if p != final)
+    for old in older[: max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_latest(folder: Path) -> Checkpoint | None:
+    pointer = folder / "latest.json"
+    if not pointer.exists():
+        return None
+    path = folder / json.loads(pointer.read_text())["path"]
+    extra = json.loads((path / "state.json").read_text())
+    return Checkpoint(
+        step=extra.pop("step"),
+        path=path,
+        weights=mx.load(str(path / "trainable.safetensors")),
+        optimizer_state=tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items())),
+        extra=extra,
+    )
+
+
+def save_adapter(folder: Path, model, adapter_config: dict) -> Path:
+    """The trained weights in mlx-lm's adapter layout (`mlx_lm.load(..., adapter_path=folder)`)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    mx.save_safetensors(str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder

@@ -1,0 +1,27 @@
+"""Merge a trained adapter into its base model and save the result as a model folder, as
+`mlx_lm fuse` does, so that `mlx_lm.load` (and the workbench) open it like any model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlx.utils import tree_unflatten
+from mlx_lm.utils import dequantize_model, save
+
+from workbench.models.resolver import ResolvedModel
+from workbench.providers.local_mlx import load_resolved
+
+
+def fuse_adapter(resolved: ResolvedModel, dest: Path) -> Path:
+    model, tokenizer, config = load_resolved(resolved)
+    # A QLoRA base quantized for training (not stored quantized) is saved back in full precision:
+    # its config.json has no quantization section to describe the quantized weights.
+    dequantize = bool(resolved.quantization_bits) and "quantization" not in config
+    fused = [(name, module.fuse(dequantize=dequantize)) for name, module in model.named_modules()
+             if hasattr(module, "fuse")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if dequantize:
+        model = dequantize_model(model)
+    save(dest, resolved.path, model, tokenizer, config, donate_model=False)
+    return dest

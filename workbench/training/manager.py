@@ -1,0 +1,205 @@
+"""The job manager: validates and queues jobs, runs each in its own worker process, watches them.
+
+More jobs than `job_concurrency` wait `queued`. A worker that dies without saying how it ended is
+found here and its job marked `failed` with the reason. At start, jobs a previous service left
+`running` are marked `interrupted`; any stopped, failed or interrupted job can be resumed from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from workbench.data import DataSpec, validate
+from workbench.errors import InputError
+from workbench.models.resolver import ModelNotFound, ModelResolver
+from workbench.settings import Settings
+from workbench.training.config import TrainingConfig
+from workbench.training.store import ACTIVE, RESUMABLE, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class JobManager:
+    def __init__(self, settings: Settings, resolver: ModelResolver, store: JobStore, manage: bool = True):
+        self.settings = settings
+        self.resolver = resolver
+        self.store = store
+        self._workers: dict[str, subprocess.Popen] = {}
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
+        # Only the service manages workers; the command line runs its one job in its own process.
+        self.manage = manage
+        if manage:
+            self._recover()
+            threading.Thread(target=self._watch, name="job-watcher", daemon=True).start()
+
+    # Requests -----------------------------------------------------------------------------------
+
+    def start(self, config: TrainingConfig, launch: bool = True) -> dict:
+        """Check everything a worker would trip on, then queue the job (and start it if there is room).
+        With launch=False the job is marked running for the caller to run in its own process."""
+        model_name = config.model_name or self.settings.default_model
+        try:
+            resolved = self.resolver.resolve(model_name)
+        except ModelNotFound as exc:
+            raise InputError("model_name", str(exc)) from None
+        validate(DataSpec.from_config(config), self.settings)
+        name = config.experiment_name
+        with self._lock:
+            current = self.store.latest(name)
+            if current and current["status"] in ACTIVE:
+                raise InputError("experiment_name", f"{name} is already {current['status']}", status=409)
+            job = self.store.create(name, config.model_dump(), self.run_root(name), resolved.path,
+                                    status="queued" if launch else "running")
+            if launch:
+                self._schedule()
+        return self.store.get(job["job_id"])
+
+    def stop(self, experiment_name: str) -> dict:
+        job = self.job(experiment_name)
+        with self._lock:
+            if job["status"] == "queued":
+                self.store.set_status(job["job_id"], "stopped", "stopped before it started", phase="stopped")
+            elif job["status"] == "running":
+                worker = self._workers.get(job["job_id"])
+                if worker is not None and worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)  # the worker checkpoints, then marks itself stopped
+                    self.store.event(job["job_id"], "message", "stop requested")
+                else:
+                    self.store.set_status(job["job_id"], "stopped", "stopped (no live worker)",
+                                          phase="stopped")
+            else:
+                raise InputError("experiment_name", f"{experiment_name} is {job['status']}; nothing to stop",
+                                 status=409)
+        return self.store.get(job["job_id"])
+
+    def resume(self, experiment_name: str, launch: bool = True) -> dict:
+        job = self.job(experiment_name)
+        with self._lock:
+            if job["status"] not in RESUMABLE:
+                why = f"{experiment_name} is {job['status']}; only stopped, failed or interrupted jobs resume"
+                raise InputError("experiment_name", why, status=409)
+            status = "queued" if launch else "running"
+            self.store.update(job["job_id"], status=status, phase=status, resume=1, error=None,
+                              finished_at=None, pid=None)
+            self.store.event(job["job_id"], "state", "to resume from its last checkpoint",
+                             data={"status": status})
+            if launch:
+                self._schedule()
+        return self.store.get(job["job_id"])
+
+    def job(self, experiment_name: str) -> dict:
+        job = self.store.latest(experiment_name)
+        if job is None:
+            raise InputError("experiment_name", f"no experiment named {experiment_name}", status=404)
+        return job
+
+    def run_root(self, experiment_name: str) -> Path:
+        return self.settings.home_dir / "runs" / experiment_name
+
+    def counts(self) -> dict:
+        jobs = self.store.jobs()
+        by_status: dict[str, int] = {}
+        for job in jobs:
+            by_status[job["status"]] = by_status.get(job["status"], 0) + 1
+        keys = ("experiment_name", "job_id", "status", "phase", "current_step", "total_steps",
+                "peak_memory_mb")
+        return {"running": by_status.get("running", 0), "queued": by_status.get("queued", 0),
+                "total": len(jobs), "by_status": by_status,
+                "active": [{k: j[k] for k in keys} for j in jobs if j["status"] in ACTIVE]}
+
+    # Workers ------------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self.manage:
+            return
+        with self._lock:
+            running = sum(1 for w in self._workers.values() if w.poll() is None)
+            for job in self.store.jobs(status=("queued",)):
+                if running >= self.settings.job_concurrency:
+                    return
+                self._launch(job)
+                running += 1
+
+    def _launch(self, job: dict) -> None:
+        run_dir = Path(job["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.store.update(job["job_id"], status="running", phase="starting", started_at=time.time())
+        with open(run_dir / "worker.log", "ab") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "workbench.training.worker", job["job_id"]],
+                env=os.environ | self.settings.as_env(), stdout=out, stderr=subprocess.STDOUT,
+            )
+        self.store.update(job["job_id"], pid=worker.pid)
+        self._workers[job["job_id"]] = worker
+        log.info("job %s (%s) started in worker %d", job["job_id"], job["experiment_name"], worker.pid)
+
+    def _watch(self) -> None:
+        while not self._closed.wait(0.5):
+            try:
+                self._reap()
+            except Exception:
+                log.exception("job watcher")
+
+    def _reap(self) -> None:
+        with self._lock:
+            for job_id, worker in list(self._workers.items()):
+                code = worker.poll()
+                if code is None:
+                    continue
+                del self._workers[job_id]
+                job = self.store.get(job_id)
+                if job["status"] in ACTIVE:
+                    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    tail = _tail(Path(job["run_dir"]) / "worker.log")
+                    self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
+                                          error={"code": "worker_died", "message": f"the worker {how}",
+                                                 "log_tail": tail})
+            self._schedule()
+
+    def _recover(self) -> None:
+        """Jobs left running by a service that is gone are interrupted (resumable). A job whose process
+        still lives (the command line's, or a worker finishing its checkpoint) is left to end itself."""
+        for job in self.store.jobs(status=("running",)):
+            if job["pid"] and _alive(job["pid"]):
+                continue
+            self.store.set_status(job["job_id"], "interrupted",
+                                  "the service stopped while this job ran; resumable", phase="interrupted")
+
+    def close(self, stop_jobs: bool = True) -> None:
+        self._closed.set()
+        with self._lock:
+            for worker in self._workers.values():
+                if stop_jobs and worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+        for worker in list(self._workers.values()):
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self._reap()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,236 @@
+"""One training run on mlx-lm's tuner pieces: full-parameter SFT, LoRA, or QLoRA.
+
+mlx-lm's own `train()` saves adapters only, does not seed its batch order and can only be stopped by
+raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `iterate_batches`
+with a seed, `default_loss`, `evaluate`) and adds what a resumable job needs: checkpoints with the
+optimizer state, step and data position, and a clean stop between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_map
+from mlx_lm.tuner.trainer import default_loss, evaluate, grad_checkpoint, iterate_batches
+from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
+
+from workbench.data import DataSpec, build
+from workbench.errors import InputError
+from workbench.training import checkpoint
+from workbench.training.config import TrainingConfig
+
+_MB = 1024 * 1024
+
+
+class Reporter(Protocol):
+    """Where a run tells its progress: the job store for workers, a progress bar for the CLI."""
+
+    def phase(self, name: str, message: str) -> None: ...
+    def step(self, step: int, total: int, metrics: dict) -> None: ...
+    def evaluation(self, step: int, metrics: dict) -> None: ...
+    def checkpoint(self, step: int, path: Path) -> None: ...
+    def note(self, message: str, data: dict | None = None) -> None: ...
+
+
+@dataclass
+class RunOutcome:
+    status: str  # "completed" or the stop reason ("stopped", "interrupted")
+    step: int
+    adapter_path: Path | None
+
+
+def backend() -> str:
+    return "gpu" if mx.default_device().type == mx.gpu else "cpu"
+
+
+class TrainingRun:
+    def __init__(self, config: TrainingConfig, model_path: str, run_dir: Path, settings, reporter: Reporter,
+                 should_stop=lambda: None):
+        self.config = config
+        self.model_path = model_path
+        self.run_dir = run_dir
+        self.settings = settings
+        self.reporter = reporter
+        self.should_stop = should_stop  # returns None, or why to stop now
+
+    # Setting up ---------------------------------------------------------------------------------
+
+    def load_model(self):
+        import mlx_lm
+
+        self.reporter.phase("loading_model", f"loading {self.model_path}")
+        model, tokenizer, config = mlx_lm.load(self.model_path, return_config=True)
+        already_quantized = "quantization" in config
+        if backend() == "cpu":
+            # bf16 and fp16 products do not go through BLAS on the CPU (about 8x slower): train in fp32.
+            model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype in (mx.bfloat16, mx.float16)
+                                  else p, model.parameters()))
+        cfg = self.config
+        if cfg.training_type == "sft":
+            if already_quantized:
+                raise InputError("training_type", "sft cannot train a quantized model's weights; use qlora")
+            model.unfreeze()
+        else:
+            if cfg.training_type == "qlora" and not already_quantized:
+                nn.quantize(model, group_size=64, bits=cfg.quantization_bits)
+            model.freeze()
+            linear_to_lora_layers(model, self._lora_layers(model), self._lora_parameters())
+        if cfg.gradient_checkpointing:
+            grad_checkpoint(model.layers[0])
+        return model, tokenizer
+
+    def _lora_layers(self, model) -> int:
+        wanted = self.config.lora_layers
+        return len(model.layers) if wanted == -1 else min(wanted, len(model.layers))
+
+    def _lora_parameters(self) -> dict:
+        cfg = self.config
+        return {"rank": cfg.lora_rank, "scale": cfg.lora_alpha / cfg.lora_rank, "dropout": cfg.lora_dropout}
+
+    def adapter_config(self, model) -> dict:
+        """mlx-lm's adapter_config.json, plus what the workbench needs to serve it again."""
+        cfg = self.config
+        return {
+            "fine_tune_type": "full" if cfg.training_type == "sft" else "lora",
+            "num_layers": self._lora_layers(model),
+            "lora_parameters": self._lora_parameters(),
+            "base_model": self.model_path,
+            "training_type": cfg.training_type,
+            "quantization_bits": cfg.quantization_bits,
+        }
+
+    def total_steps(self, train_rows: int) -> int:
+        cfg = self.config
+        if cfg.max_steps:
+            return cfg.max_steps
+        per_epoch = max(train_rows // cfg.batch_size, 1)
+        return max(math.ceil(per_epoch * cfg.num_epochs / cfg.gradient_accumulation_steps), 1)
+
+    def optimizer(self, total: int) -> optim.Optimizer:
+        cfg = self.config
+        if cfg.lr_schedule == "constant":
+            schedule = cfg.learning_rate if not cfg.warmup_steps else build_schedule(
+                {"name": "linear_schedule", "arguments": [cfg.learning_rate, cfg.learning_rate, 1],
+                 "warmup": cfg.warmup_steps})
+        else:
+            name = "cosine_decay" if cfg.lr_schedule == "cosine" else "linear_schedule"
+            decay_steps = max(total - cfg.warmup_steps, 1)
+            arguments = ([cfg.learning_rate, decay_steps, cfg.learning_rate * 0.1] if name == "cosine_decay"
+                         else [cfg.learning_rate, cfg.learning_rate * 0.1, decay_steps])
+            schedule = build_schedule({"name": name, "arguments": arguments, "warmup": cfg.warmup_steps})
+        return optim.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+
+    # Running ------------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> RunOutcome:
+        cfg = self.config
+        mx.random.seed(cfg.seed)
+        model, tokenizer = self.load_model()
+
+        self.reporter.phase("loading_data", f"preparing {cfg.dataset_path or cfg.dataset}")
+        data = build(DataSpec.from_config(cfg), tokenizer, self.settings)
+        if len(data.train) < cfg.batch_size:
+            raise InputError("batch_size", f"{cfg.batch_size} exceeds the {len(data.train)} training rows")
+        total = self.total_steps(len(data.train))
+        optimizer = self.optimizer(total)
+
+        start = 0
+        saved = checkpoint.load_latest(self.run_dir / "checkpoints") if resume else None
+        if saved is not None:
+            model.load_weights(list(saved.weights.items()), strict=False)
+            # Before the compiled step is built: assigning state to a compiled function's captured
+            # optimizer afterwards fails ("eval an array without a primitive").
+            optimizer.init(model.trainable_parameters())
+            optimizer.state = saved.optimizer_state
+            start = saved.step
+            self.reporter.phase("training", f"resuming from step {start}")
+
+        one_step = self._step_function(model, optimizer)
+        batches = iterate_batches(data.train, cfg.batch_size, cfg.max_seq_length, loop=True, seed=cfg.seed)
+        # The data position: skip the batches the earlier part of the run already used.
+        for _ in range(start * cfg.gradient_accumulation_steps):
+            next(batches)
+
+        self.reporter.phase("training", f"training steps {start + 1} to {total}")
+        model.train()
+        mx.reset_peak_memory()
+        step = start
+        while step < total:
+            reason = self.should_stop()
+            if reason:
+                path = self._save(model, optimizer, step)
+                self.reporter.checkpoint(step, path)
+                return RunOutcome(reason, step, None)
+            tic = time.perf_counter()
+            loss, tokens = one_step(batches)
+            step += 1
+            elapsed = time.perf_counter() - tic
+            self.reporter.step(step, total, {
+                "loss": loss, "learning_rate": float(optimizer.learning_rate), "tokens": tokens,
+                "tokens_per_s": tokens / elapsed if elapsed else None,
+                "peak_memory_mb": mx.get_peak_memory() / _MB,
+            })
+            if data.valid is not None and (step % cfg.eval_steps == 0 or step == total):
+                self.reporter.phase("evaluating", f"validation loss at step {step}")
+                val_loss = evaluate(model, data.valid, batch_size=min(cfg.batch_size, len(data.valid)),
+                                    num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length)
+                model.train()
+                self.reporter.evaluation(step, {"eval_loss": float(val_loss)})
+                self.reporter.phase("training", f"training steps {step + 1} to {total}")
+            if step % cfg.save_every == 0 and step < total:
+                self.reporter.checkpoint(step, self._save(model, optimizer, step))
+
+        self.reporter.phase("saving", "writing the final checkpoint and adapter")
+        self.reporter.checkpoint(step, self._save(model, optimizer, step))
+        adapter = checkpoint.save_adapter(self.run_dir / "adapters", model, self.adapter_config(model))
+        self.model, self.tokenizer, self.data = model, tokenizer, data
+        return RunOutcome("completed", step, adapter)
+
+    def _step_function(self, model, optimizer):
+        """The compiled micro-step, shaped as mlx-lm's own: gradients add up over micro-batches and
+        the optimizer updates on the last one (gradients clipped to `max_grad_norm`)."""
+        cfg = self.config
+        loss_and_grad = nn.value_and_grad(model, default_loss)
+        state = [model.state, optimizer.state, mx.random.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(batch, lengths, previous, do_update):
+            (loss, tokens), grads = loss_and_grad(model, batch, lengths)
+            if previous is not None:
+                grads = tree_map(lambda a, b: a + b, grads, previous)
+            if do_update:
+                if cfg.gradient_accumulation_steps > 1:
+                    grads = tree_map(lambda g: g / cfg.gradient_accumulation_steps, grads)
+                if cfg.max_grad_norm:
+                    grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+                optimizer.update(model, grads)
+                grads = None
+            return loss, tokens, grads
+
+        def one_step(batches) -> tuple[float, int]:
+            weighted, counts, grads = [], [], None
+            for micro in range(1, cfg.gradient_accumulation_steps + 1):
+                batch, lengths = next(batches)
+                loss, tokens, grads = step(batch, lengths, grads, micro == cfg.gradient_accumulation_steps)
+                weighted.append(loss * tokens)
+                counts.append(tokens)
+            total = sum(counts)
+            loss = sum(weighted) / total
+            mx.eval(loss, total, state)
+            return loss.item(), int(total.item())
+
+        return one_step
+
+    def _save(self, model, optimizer, step: int) -> Path:
+        mx.eval(model.trainable_parameters(), optimizer.state)
+        batches_used = step * self.config.gradient_accumulation_steps
+        return checkpoint.save(self.run_dir / "checkpoints", step, model, optimizer,
+                               {"seed": self.config.seed, "batches_used": batches_used})

@@ -1,0 +1,117 @@
+"""A training job's own process: `python -m workbench.training.worker JOB_ID`.
+
+It reads the job from the store, runs it, and writes phases, step metrics, checkpoints and the final
+state back. SIGTERM stops it cleanly (checkpoint, then `stopped`); if the service that started it
+dies, it checkpoints and ends as `interrupted`, so a restarted service can resume it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
+from workbench.errors import InputError
+from workbench.settings import Settings
+from workbench.training.config import TrainingConfig
+from workbench.training.run import TrainingRun, backend
+from workbench.training.store import JobStore
+
+log = logging.getLogger("workbench.worker")
+
+
+class StoreReporter:
+    """Writes a run's progress to the job store, where the service and notebooks read it."""
+
+    def __init__(self, store: JobStore, job_id: str):
+        self.store, self.job_id = store, job_id
+
+    def phase(self, name: str, message: str) -> None:
+        self.store.update(self.job_id, phase=name)
+        self.store.event(self.job_id, "message", message, data={"phase": name})
+
+    def step(self, step: int, total: int, metrics: dict) -> None:
+        self.store.metric(self.job_id, step, **metrics)
+        self.store.update(self.job_id, current_step=step, total_steps=total, loss=metrics["loss"],
+                          tokens_per_s=metrics["tokens_per_s"], peak_memory_mb=metrics["peak_memory_mb"])
+        self.store.event(self.job_id, "metrics", f"step {step}/{total}: loss {metrics['loss']:.4f}",
+                         data={"step": step, "total_steps": total, **metrics})
+
+    def evaluation(self, step: int, metrics: dict) -> None:
+        self.store.metric(self.job_id, step, **metrics)
+        self.store.update(self.job_id, **metrics)
+        self.store.event(self.job_id, "metrics", f"step {step}: {metrics}", data={"step": step, **metrics})
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.store.update(self.job_id, checkpoint=str(path))
+        self.store.event(self.job_id, "message", f"checkpoint at step {step}", data={"path": str(path)})
+
+    def note(self, message: str, data: dict | None = None) -> None:
+        self.store.event(self.job_id, "message", message, data=data)
+
+
+class StopSignals:
+    """Why the run should stop now, if it should: SIGTERM, or the service that started it is gone."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.parent = os.getppid()
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)  # Ctrl-C in `python -m workbench train`
+
+    def _on_term(self, signum, frame) -> None:
+        self.reason = "stopped"
+
+    def __call__(self) -> str | None:
+        if self.reason is None and os.getppid() != self.parent:
+            self.reason = "interrupted"
+        return self.reason
+
+
+def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals, reporter=None) -> str:
+    job = store.get(job_id)
+    config = TrainingConfig(**job["config"])
+    store.update(job_id, pid=os.getpid(), started_at=job["started_at"] or time.time(), backend=backend())
+    store.set_status(job_id, "running", f"worker {os.getpid()} started", phase="starting")
+    reporter = reporter or StoreReporter(store, job_id)
+    run = TrainingRun(config, job["model_path"], Path(job["run_dir"]), settings, reporter, stop)
+    try:
+        outcome = run.run(resume=job["resume"])
+        if outcome.status != "completed":
+            store.set_status(job_id, outcome.status, f"{outcome.status} at step {outcome.step}; resumable",
+                             phase=outcome.status)
+            return outcome.status
+        if config.eval_provider:
+            from workbench.training.judge import judge_run
+
+            store.update(job_id, phase="evaluating")
+            judge_run(run, config, settings, reporter)
+        store.set_status(job_id, "completed", f"completed {outcome.step} steps", phase="completed",
+                         adapter_path=str(outcome.adapter_path))
+        return "completed"
+    except InputError as exc:
+        error = {"code": "invalid_input", "field": exc.field, "message": exc.message}
+    except Exception as exc:
+        traceback.print_exc()
+        error = {"code": type(exc).__name__, "message": str(exc)[:2000]}
+    store.set_status(job_id, "failed", f"failed: {error['message']}", level="error", phase="failed",
+                     error=error)
+    return "failed"
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    store = JobStore(settings.home_dir / "workbench.db")
+    status = run_job(argv[1], settings, store, StopSignals())
+    store.close()
+    return 0 if status in ("completed", "stopped", "interrupted") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
