@@ -68,6 +68,7 @@ def load_resolved(resolved: ResolvedModel):
     """mlx_lm.load, and for a trained experiment its adapter over the base it was trained on."""
     if resolved.adapter_path is None:
         return mlx_lm.load(resolved.path, return_config=True)
+    import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm.tuner.utils import load_adapters
 
@@ -76,6 +77,9 @@ def load_resolved(resolved: ResolvedModel):
         nn.quantize(model, group_size=64, bits=resolved.quantization_bits)
     load_adapters(model, resolved.adapter_path)
     model.eval()
+    # Materialise now: MLX streams belong to a thread, and the engine thread cannot evaluate arrays
+    # still pending on this one's.
+    mx.eval(model.parameters())
     return model, tokenizer, config
 
 

@@ -191,7 +191,7 @@ class TrainingRun:
         self.reporter.phase("saving", "writing the final checkpoint and adapter")
         self.reporter.checkpoint(step, self._save(model, optimizer, step))
         adapter = checkpoint.save_adapter(self.run_dir / "adapters", model, self.adapter_config(model))
-        self.model, self.tokenizer, self.data = model, tokenizer, data
+        self.model, self.tokenizer, self.data, self.total = model, tokenizer, data, total
         return RunOutcome("completed", step, adapter)
 
     def _step_function(self, model, optimizer):

@@ -1,0 +1,67 @@
+"""Turns alpaca, sharegpt and custom data into chat messages and token batches with the model's chat template.
+
+    spec = DataSpec.from_config(config)
+    summary = validate(spec, settings)            # at submission: every row read and checked
+    data = build(spec, tokenizer, settings)       # data.train / data.valid: (tokens, offset) items
+    preview(spec, tokenizer, settings, n=5)       # what the model sees, masked tokens included
+"""
+
+from workbench.data.formats import (
+    CHAT_FORMATS,
+    FORMATS,
+    BadRow,
+    MalformedRow,
+    alpaca_to_messages,
+    chat_messages,
+    completions_row,
+    convert_row,
+    convert_rows,
+    detect_format,
+    sharegpt_to_messages,
+    text_row,
+    to_messages,
+)
+from workbench.data.loading import (
+    SAMPLES,
+    DatasetSummary,
+    DataSpec,
+    LoadedRows,
+    PreparedData,
+    allowed_roots,
+    build,
+    load_rows,
+    preview,
+    resolve_path,
+    split_indices,
+    token_lengths,
+    validate,
+)
+
+__all__ = [
+    "CHAT_FORMATS",
+    "FORMATS",
+    "SAMPLES",
+    "BadRow",
+    "DataSpec",
+    "DatasetSummary",
+    "LoadedRows",
+    "MalformedRow",
+    "PreparedData",
+    "alpaca_to_messages",
+    "allowed_roots",
+    "build",
+    "chat_messages",
+    "completions_row",
+    "convert_row",
+    "convert_rows",
+    "detect_format",
+    "load_rows",
+    "preview",
+    "resolve_path",
+    "sharegpt_to_messages",
+    "split_indices",
+    "text_row",
+    "to_messages",
+    "token_lengths",
+    "validate",
+]

@@ -1,0 +1,516 @@
+"""From a training configuration's data fields to token batches mlx-lm's trainer takes.
+
+Where the rows come from (`load_rows`):
+
+* `dataset_path` set: it is your own data, a file (.jsonl, .json, .csv, .parquet) or a folder, and
+  `dataset` then only hints at the format: `alpaca` or `sharegpt` read the rows in that format,
+  `custom` (or anything else, which is then just a label) detects it from the first row. An explicit
+  `dataset_format` other than `auto` always wins over the hint.
+  A relative path is taken from `<home>/datasets`; after `Path.resolve()` (symbolic links followed)
+  the path must lie under one of `allowed_roots(settings)`: `<home>/datasets` and the folders in
+  `settings.dataset_roots`. A folder holding `train.jsonl` is read in mlx-lm's layout, and its
+  `valid.jsonl`, when there, is the validation set (no rows are then held out of train); any other
+  folder goes to `datasets.load_dataset(folder, split="train")`.
+* else `dataset` is `alpaca`, `sharegpt` or `custom`: the samples shipped in workbench/data/samples/
+  (custom is the chat format, {"messages": [...]});
+* else `dataset` is a path (absolute, starting with `.` or `~`, or an existing name under
+  `<home>/datasets`): read as `dataset_path` would be, under the same allowed roots;
+* else `dataset` is a Hugging Face dataset id, loaded with `datasets.load_dataset(id, split="train")`.
+  Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or `settings.hub_downloads` off) only the local
+  datasets cache is read. Otherwise one quick hub lookup (`settings.hub_timeout_s`) comes first: a
+  missing dataset fails at once, and when the hub cannot be reached the cache alone is read, so that
+  no network retries hold a job submission for long.
+
+JSON-lines files are read line by line here (not through `datasets`), so that a broken line is named
+by its number; .json, .csv and .parquet files go through `datasets`' builders (CSV columns as text).
+Every error is an InputError naming `dataset_path` when that is set, else `dataset`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import threading
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.data.formats import (
+    CHAT_FORMATS,
+    FORMATS,
+    BadRow,
+    MalformedRow,
+    convert_rows,
+    detect_format,
+    locate,
+    to_messages,
+)
+from workbench.errors import InputError
+from workbench.settings import Settings
+
+if TYPE_CHECKING:
+    from mlx_lm.tuner.datasets import CacheDataset
+
+    from workbench.training.config import TrainingConfig
+
+SAMPLES = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "chat"}  # shipped name → its format
+PATH_HINTS = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "auto"}  # `dataset` beside a path
+BUILDERS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}  # read through `datasets`
+SUFFIXES = (".jsonl", *BUILDERS)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# What the caller gives and gets ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The data fields of a TrainingConfig (same names, same defaults)."""
+
+    dataset: str
+    dataset_path: str | None = None
+    dataset_format: str = "auto"
+    max_seq_length: int = 512
+    mask_prompt: bool = True
+    validation_split: float = 0.1
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: TrainingConfig) -> DataSpec:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    @property
+    def field(self) -> str:
+        """The input field errors name: dataset_path when set, else dataset."""
+        return "dataset_path" if self.dataset_path else "dataset"
+
+
+@dataclass(frozen=True)
+class LoadedRows:
+    rows: list[dict]  # as read, before conversion
+    format: str  # one of FORMATS, never "auto"
+    source: str  # what errors and summaries name: a file, a folder, a sample or a hub id
+    lines: list[int] | None = None  # 1-based line of each row, for JSON-lines files
+    valid: LoadedRows | None = None  # a folder's own valid.jsonl
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    rows: int
+    format: str
+    source: str
+    train_rows: int
+    valid_rows: int
+    mask_prompt: bool = True  # whether prompts are masked in effect (never for text rows)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """mlx-lm datasets whose items are (tokens, offset), ready for `iterate_batches`.
+
+    `train_examples` and `valid_examples` are the converted rows behind them ({"messages"},
+    {"prompt", "completion"} or {"text"}), e.g. for held-out prompts a judge scores.
+    """
+
+    train: CacheDataset
+    valid: CacheDataset | None
+    summary: DatasetSummary
+    train_examples: list[dict]
+    valid_examples: list[dict]
+
+
+# Where data may be read from ------------------------------------------------------------------------
+
+
+def allowed_roots(settings: Settings) -> list[Path]:
+    """Folders user data may come from: `<home>/datasets` (created) and `settings.dataset_roots`."""
+    home = settings.home_dir / "datasets"
+    home.mkdir(parents=True, exist_ok=True)
+    roots = [home.resolve()]
+    for root in getattr(settings, "dataset_roots", None) or []:
+        path = Path(root).expanduser().resolve()
+        if path not in roots:
+            roots.append(path)
+    return roots
+
+
+def resolve_path(raw: str, settings: Settings, field: str = "dataset_path") -> Path:
+    """An existing file or folder under an allowed root; relative paths start at `<home>/datasets`."""
+    roots = allowed_roots(settings)
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = roots[0] / path
+    path = path.resolve()
+    if not any(path == root or path.is_relative_to(root) for root in roots):
+        where = ", ".join(str(root) for root in roots)
+        raise InputError(field, f"{raw!r} resolves to {path}, which must lie under {where}")
+    if not path.exists():
+        raise InputError(field, f"{raw!r}: no such file or folder ({path})")
+    return path
+
+
+# Reading rows ---------------------------------------------------------------------------------------
+
+
+def load_rows(spec: DataSpec, settings: Settings) -> LoadedRows:
+    """The rows `spec` names, read but not converted, with their format (see the module's docstring)."""
+    if spec.dataset_format != "auto" and spec.dataset_format not in FORMATS:
+        raise InputError("dataset_format", f"unknown format {spec.dataset_format!r}; use auto or {FORMATS}")
+    if spec.dataset_path:
+        hint = PATH_HINTS.get(spec.dataset, "auto")
+        fmt = spec.dataset_format if spec.dataset_format != "auto" else hint
+        return _load_path(resolve_path(spec.dataset_path, settings), fmt, "dataset_path", settings)
+    if spec.dataset in SAMPLES:
+        return _load_sample(spec.dataset, spec.dataset_format)
+    return _load_named(spec.dataset, spec.dataset_format, settings)
+
+
+def _load_sample(name: str, fmt: str) -> LoadedRows:
+    source = f"sample {name}.jsonl"
+    text = (resources.files("workbench.data") / "samples" / f"{name}.jsonl").read_text(encoding="utf-8")
+    rows, lines = _parse_jsonl(text.splitlines(), source, "dataset")
+    return _finish(rows, fmt if fmt != "auto" else SAMPLES[name], source, "dataset", lines)
+
+
+def _load_named(name: str, fmt: str, settings: Settings) -> LoadedRows:
+    home = allowed_roots(settings)[0]
+    if name.startswith(("/", ".", "~")) or (home / name).exists():
+        return _load_path(resolve_path(name, settings, "dataset"), fmt, "dataset", settings)
+    if not _HUB_ID.match(name) or ".." in name:
+        raise InputError(
+            "dataset",
+            f"{name!r} is not a shipped sample ({', '.join(SAMPLES)}), a file or folder under "
+            f"{home}, or a Hugging Face dataset id (owner/name)",
+        )
+    if os.path.exists(name):  # `datasets` would read this path from the working directory
+        raise InputError(
+            "dataset",
+            f"{name!r} is a path in the working directory; give a path under an allowed root instead "
+            f"(relative paths are taken from {home})",
+        )
+    return _load_hub(name, fmt, settings)
+
+
+def _load_path(path: Path, fmt: str, field: str, settings: Settings) -> LoadedRows:
+    if path.is_dir():
+        train = path / "train.jsonl"
+        if train.is_file():
+            rows, lines = _read_jsonl(train, field)
+            loaded = _finish(rows, fmt, str(train), field, lines)
+            if not (path / "valid.jsonl").is_file():
+                return loaded
+            valid_rows, valid_lines = _read_jsonl(path / "valid.jsonl", field)
+            valid = LoadedRows(valid_rows, loaded.format, str(path / "valid.jsonl"), valid_lines)
+            valid = valid if valid_rows else None
+            return LoadedRows(loaded.rows, loaded.format, loaded.source, loaded.lines, valid)
+        return _finish(_datasets_rows(str(path), {}, path, field, settings), fmt, str(path), field)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows, lines = _read_jsonl(path, field)
+        return _finish(rows, fmt, str(path), field, lines)
+    if suffix in BUILDERS:
+        kwargs: dict[str, Any] = {"data_files": str(path)}
+        if suffix == ".csv":
+            kwargs["features"] = _csv_features(path, field)
+        rows = _datasets_rows(BUILDERS[suffix], kwargs, path, field, settings)
+        return _finish(rows, fmt, str(path), field)
+    kinds = ", ".join(SUFFIXES)
+    raise InputError(field, f"{path}: unsupported file type {suffix or '(none)'!r}; use {kinds} or a folder")
+
+
+def _read_jsonl(path: Path, field: str) -> tuple[list[dict], list[int]]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return _parse_jsonl(handle, str(path), field)
+    except UnicodeDecodeError as exc:
+        raise InputError(field, f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InputError(field, f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _parse_jsonl(lines: Iterable[str], source: str, field: str) -> tuple[list[dict], list[int]]:
+    rows, numbers = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem = f"invalid JSON: {exc.msg} (column {exc.colno})"
+            raise InputError(field, f"{source} line {number}: {problem}") from None
+        if not isinstance(row, dict):
+            problem = f"expected a JSON object, got {type(row).__name__}"
+            raise InputError(field, f"{source} line {number}: {problem}")
+        rows.append(row)
+        numbers.append(number)
+    return rows, numbers
+
+
+def _csv_features(path: Path, field: str):
+    """Every CSV column as text, so '42' stays a string rather than becoming an int column."""
+    from datasets import Features, Value
+
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(field, f"{path}: cannot read the CSV header ({exc})") from None
+    if not header:
+        raise InputError(field, f"{path}: the CSV file has no header row")
+    return Features({name: Value("string") for name in header})
+
+
+def _datasets_rows(builder: str, kwargs: dict, path: Path, field: str, settings: Settings) -> list[dict]:
+    import datasets
+
+    cache = settings.home_dir / "cache" / "datasets"
+    try:
+        loaded = datasets.load_dataset(builder, split="train", cache_dir=str(cache), **kwargs)
+    except Exception as exc:  # pyarrow, pandas and datasets each raise their own kinds
+        raise InputError(field, f"{path}: cannot be read: {_brief(exc)}") from None
+    return loaded.to_list()
+
+
+def _finish(
+    rows: list[dict], fmt: str, source: str, field: str, lines: list[int] | None = None
+) -> LoadedRows:
+    if not rows:
+        raise InputError(field, f"{source} has no rows")
+    if fmt == "auto":
+        try:
+            fmt = detect_format(rows[0])
+        except BadRow as exc:
+            raise InputError(field, f"{source} {locate(0, lines)}: {exc}") from None
+    return LoadedRows(rows, fmt, source, lines)
+
+
+# Hugging Face datasets ------------------------------------------------------------------------------
+
+_OFFLINE_LOCK = threading.Lock()
+
+
+def _offline_by_env() -> bool:
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
+
+
+def _load_hub(name: str, fmt: str, settings: Settings) -> LoadedRows:
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    if _offline_by_env():
+        offline, why = True, "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
+    elif not settings.hub_downloads:
+        offline, why = True, "hub downloads are off (WORKBENCH_HUB_DOWNLOADS)"
+    else:
+        state = _hub_lookup(name, settings.hub_timeout_s)
+        if state == "missing":
+            raise InputError(
+                "dataset",
+                f"{name!r}: no such dataset on the Hugging Face hub (or it is private)"
+            )
+        offline, why = state == "unreachable", "the Hugging Face hub could not be reached"
+    try:
+        with _forced_offline(offline):
+            loaded = datasets.load_dataset(name, split="train")
+    except DatasetNotFoundError:
+        raise InputError("dataset", f"{name!r}: no such dataset on the Hugging Face hub") from None
+    except (ConnectionError, FileNotFoundError) as exc:
+        if offline:
+            raise InputError(
+                "dataset", f"{name!r} is not in the local datasets cache, and {why}"
+            ) from None
+        raise InputError("dataset", f"{name!r} could not be loaded: {_brief(exc)}") from None
+    except Exception as exc:
+        raise InputError("dataset", f"{name!r} could not be loaded: {_brief(exc)}") from None
+    return _finish(loaded.to_list(), fmt, f"Hugging Face dataset {name}", "dataset")
+
+
+def _hub_lookup(name: str, timeout: float) -> str:
+    """'found', 'missing' or 'unreachable', after one request of at most `timeout` seconds."""
+    from huggingface_hub import dataset_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        dataset_info(name, timeout=timeout)
+    except RepositoryNotFoundError:
+        return "missing"
+    except Exception:  # no network shows up as httpx, OSError or HTTP errors alike
+        return "unreachable"
+    return "found"
+
+
+@contextmanager
+def _forced_offline(on: bool):
+    """`datasets` in offline mode for one load, when the environment has not set it already.
+
+    Only used when the hub cannot be reached or hub downloads are off, so other threads' hub requests
+    meanwhile would not have succeeded anyway.
+    """
+    if not on:
+        yield
+        return
+    from datasets import config
+
+    with _OFFLINE_LOCK:
+        saved = config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE
+        config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = True
+        try:
+            yield
+        finally:
+            config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE = saved
+
+
+def _brief(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Converting, splitting and tokenising ---------------------------------------------------------------
+
+
+def split_indices(count: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row numbers for train and valid: a seeded shuffle, at least one train row, each part in order.
+
+    Valid is empty when the split is 0 or there are fewer than 2 rows, else holds
+    round(count * validation_split) rows, at least 1.
+    """
+    if validation_split <= 0 or count < 2:
+        return list(range(count)), []
+    n_valid = min(count - 1, max(1, round(count * validation_split)))
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return sorted(order[n_valid:]), sorted(order[:n_valid])
+
+
+def _examples(spec: DataSpec, loaded: LoadedRows) -> tuple[list[dict], list[dict]]:
+    """Every row converted (the first malformed one raises), split into train and valid."""
+    converted = _convert(loaded, spec.field)
+    if loaded.valid is not None:
+        return converted, _convert(loaded.valid, spec.field)
+    train_idx, valid_idx = split_indices(len(converted), spec.validation_split, spec.seed)
+    return [converted[i] for i in train_idx], [converted[i] for i in valid_idx]
+
+
+def _convert(loaded: LoadedRows, field: str) -> list[dict]:
+    try:
+        return convert_rows(loaded.rows, loaded.format, loaded.source, loaded.lines)
+    except MalformedRow as exc:
+        raise InputError(field, str(exc)) from None
+
+
+def _summary(spec: DataSpec, loaded: LoadedRows, train: list, valid: list) -> DatasetSummary:
+    return DatasetSummary(
+        rows=len(train) + len(valid),
+        format=loaded.format,
+        source=loaded.source,
+        train_rows=len(train),
+        valid_rows=len(valid),
+        mask_prompt=spec.mask_prompt and loaded.format != "text",
+    )
+
+
+def validate(spec: DataSpec, settings: Settings) -> DatasetSummary:
+    """Load and convert every row, so that bad data fails at submission, not in the middle of training."""
+    loaded = load_rows(spec, settings)
+    train, valid = _examples(spec, loaded)
+    return _summary(spec, loaded, train, valid)
+
+
+class _Truncated:
+    """An mlx-lm dataset whose items are cut to max_seq_length tokens (offset included)."""
+
+    def __init__(self, data, max_seq_length: int):
+        self._data = data
+        self.max_seq_length = max_seq_length
+
+    def process(self, row):
+        tokens, offset = self._data.process(row)
+        return tokens[: self.max_seq_length], min(offset, self.max_seq_length)
+
+    def __getitem__(self, idx: int):
+        return self._data[idx]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _mlx_dataset(examples: list[dict], fmt: str, tokenizer, mask_prompt: bool):
+    """mlx-lm's own dataset class for the format; it applies the chat template and the prompt mask.
+
+    Text rows have no prompt: they are trained on whole (mask_prompt does not apply).
+    """
+    from mlx_lm.tuner.datasets import ChatDataset, CompletionsDataset, TextDataset
+
+    if fmt in CHAT_FORMATS:
+        return ChatDataset(examples, tokenizer, chat_key="messages", mask_prompt=mask_prompt)
+    if fmt == "completions":
+        return CompletionsDataset(examples, tokenizer, "prompt", "completion", mask_prompt)
+    return TextDataset(examples, tokenizer, text_key="text")
+
+
+def build(spec: DataSpec, tokenizer, settings: Settings) -> PreparedData:
+    """Train and valid sets of (tokens, offset) items, tokenised lazily and cached (mlx-lm's CacheDataset).
+
+    Items are cut to max_seq_length tokens. `valid` is None when no rows are held out.
+    """
+    from mlx_lm.tuner.datasets import CacheDataset
+
+    loaded = load_rows(spec, settings)
+    train, valid = _examples(spec, loaded)
+
+    def wrap(examples: list[dict]):
+        data = _mlx_dataset(examples, loaded.format, tokenizer, spec.mask_prompt)
+        return CacheDataset(_Truncated(data, spec.max_seq_length))
+
+    return PreparedData(
+        train=wrap(train),
+        valid=wrap(valid) if valid else None,
+        summary=_summary(spec, loaded, train, valid),
+        train_examples=train,
+        valid_examples=valid,
+    )
+
+
+def preview(spec: DataSpec, tokenizer, settings: Settings, n: int = 5) -> list[dict]:
+    """The first n rows as the model sees them.
+
+    Each: messages (None for text rows), text (the tokens kept, decoded: the chat template applied),
+    trained_text (the part the loss is computed on), tokens (before truncation), masked_tokens (prompt
+    tokens the loss skips: the offset), truncated (longer than max_seq_length).
+    """
+    loaded = load_rows(spec, settings)
+    head = LoadedRows(loaded.rows[:n], loaded.format, loaded.source, loaded.lines and loaded.lines[:n])
+    examples = _convert(head, spec.field)
+    data = _mlx_dataset(examples, loaded.format, tokenizer, spec.mask_prompt)
+    out = []
+    for row, example in zip(head.rows, examples):
+        tokens, offset = data.process(example)
+        kept = tokens[: spec.max_seq_length]
+        masked = min(offset, len(kept))
+        out.append({
+            "messages": to_messages(row, loaded.format),
+            "text": tokenizer.decode(kept),
+            "trained_text": tokenizer.decode(kept[masked:]),
+            "tokens": len(tokens),
+            "masked_tokens": masked,
+            "truncated": len(tokens) > spec.max_seq_length,
+        })
+    return out
+
+
+def token_lengths(spec: DataSpec, tokenizer, settings: Settings) -> list[int]:
+    """Tokens in every row (in file order, before truncation), e.g. for a histogram."""
+    loaded = load_rows(spec, settings)
+    examples = _convert(loaded, spec.field)
+    if loaded.valid is not None:
+        examples += _convert(loaded.valid, spec.field)
+    data = _mlx_dataset(examples, loaded.format, tokenizer, mask_prompt=False)
+    return [len(data.process(example)[0]) for example in examples]
