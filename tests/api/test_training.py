@@ -235,18 +235,23 @@ def test_training_with_different_providers(svc):
 
 
 def test_what_was_trained_can_be_served_and_fused(svc):
-    tuned = svc.post("/generate", json={"prompt": "Add the two numbers.", "model": "loss_falls",
-                                        "max_tokens": 10, "temperature": 0})
+    ask = {"messages": [{"role": "user", "content": "Add the two numbers.\n\n12 and 30"}],
+           "max_tokens": 12, "temperature": 0}
+    base = svc.post("/generate", json=ask).json()
+    tuned = svc.post("/generate", json=ask | {"model": "loss_falls"})
     assert tuned.status_code == 200, tuned.text
     assert tuned.json()["model"] == "loss_falls"
+    assert tuned.json()["generated_text"] != base["generated_text"]  # the adapter changed the answers
     loaded = svc.get("/providers").json()["local_mlx"]["loaded_models"]
     assert any(m["name"] == "loss_falls" and m["adapter_path"] for m in loaded)
 
     fused = svc.post("/train/loss_falls/fuse")
     assert fused.status_code == 200, fused.text
-    model, tokenizer = mlx_lm.load(fused.json()["path"])
-    same = mlx_lm.generate(model, tokenizer, "Add the two numbers.", max_tokens=10)
-    assert same == tuned.json()["generated_text"]
+    folder = fused.json()["path"]
+    model, tokenizer = mlx_lm.load(folder)  # a plain model folder now
+    assert model.layers[0].self_attn.q_proj.__class__.__name__ == "Linear"
+    same = svc.post("/generate", json=ask | {"model": folder}).json()
+    assert same["generated_text"] == tuned.json()["generated_text"]
 
 
 def test_training_resource_usage(svc):

@@ -157,7 +157,8 @@ class JobManager:
                     continue
                 del self._workers[job_id]
                 job = self.store.get(job_id)
-                if job["status"] in ACTIVE:
+                # Only a job this worker still owns: a resumed job is queued again, with no pid.
+                if job["status"] == "running" and job["pid"] == worker.pid:
                     how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
                     tail = _tail(Path(job["run_dir"]) / "worker.log")
                     self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
