@@ -1,8 +1,9 @@
 """One fallback chain over all five providers, on litellm's Router.
 
-litellm does each call: the provider's protocol, its timeout, and cooldowns (a provider that failed
-is skipped for `cooldown_time` without a call). The chain itself is walked here, one provider per
-call, so each response can say exactly what was tried: provider, outcome, error class, milliseconds.
+litellm does each call (the provider's protocol, its timeout) and keeps the cooldowns (a provider
+that failed is skipped for `cooldown_time` without a call). The chain itself is walked here, one
+provider per call, so each response can say exactly what was tried: provider, outcome, error class,
+milliseconds; and every kind of failure cools a provider down, not only those litellm picks.
 """
 
 from __future__ import annotations
@@ -133,15 +134,9 @@ class ProviderRouter:
             if entry.get("api_base"):
                 params["api_base"] = entry["api_base"]
             model_list.append({"model_name": name, "litellm_params": params, "model_info": {"id": name}})
-        names = [m["model_name"] for m in model_list]
         return litellm.Router(
             model_list=model_list,
-            # A group of one deployment with no fallback group is never cooled down by litellm:
-            # naming fallbacks for each makes every provider cool down after a failure. They are
-            # not used for calls (disable_fallbacks): the chain is walked in `complete`.
-            fallbacks=[{name: [n for n in names if n != name]} for name in names],
             num_retries=0,
-            allowed_fails=0,
             cooldown_time=self.settings.provider_cooldown_s,
             retry_after=0,
         )
@@ -270,6 +265,13 @@ class ProviderRouter:
         return _Call(model, messages, kwargs)
 
     def _failed(self, name: str, exc: Exception, started: float) -> Attempt:
+        # Every failure cools the provider down, in litellm's own cooldown store (which the router
+        # consults). litellm by itself skips a lone deployment, and never cools down a 403 or a
+        # refused connection reported as APIConnectionError.
+        status = getattr(exc, "status_code", None) or 500
+        self._router.health().cooldowns.add_deployment_to_cooldown(
+            name, exc, int(status), self.settings.provider_cooldown_s
+        )
         message = redactor(str(exc))[:300]
         attempt = Attempt(name, "failed", type(exc).__name__, message,
                           round((time.perf_counter() - started) * 1000, 1))
