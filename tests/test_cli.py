@@ -1,0 +1,42 @@
+"""`python -m workbench train config.yaml`: a job in the foreground, listed like the service's."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from workbench.settings import Settings
+from workbench.training.store import JobStore
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_cli(tmp_path, models_dir, config_text, *args):
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    env = os.environ | {"WORKBENCH_HOME": str(tmp_path / "home"), "WORKBENCH_MODELS_PATH": models_dir,
+                        "WORKBENCH_HUB_DOWNLOADS": "false"}
+    return subprocess.run([sys.executable, "-m", "workbench", "train", str(config), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_train_from_a_yaml_file(tmp_path, models_dir):
+    done = run_cli(tmp_path, models_dir, "experiment_name: cli_run\ntraining_type: lora\ndataset: alpaca\n"
+                   "max_steps: 6\nbatch_size: 2\nsave_every: 3\n")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cli_run: completed" in done.stdout
+    assert "6/6" in done.stderr  # the progress bar reached the end
+
+    store = JobStore(tmp_path / "home" / "workbench.db")
+    job = store.latest("cli_run")
+    assert job["status"] == "completed" and job["current_step"] == 6
+    assert (Path(job["adapter_path"]) / "adapters.safetensors").exists()
+    assert [m["step"] for m in store.metrics(job["job_id"])] == [1, 2, 3, 4, 5, 6]
+    assert Settings(home=tmp_path / "home").home_dir == Path(job["run_dir"]).parents[2]
+
+
+def test_a_bad_configuration_names_the_field(tmp_path, models_dir):
+    done = run_cli(tmp_path, models_dir, "experiment_name: bad\ntraining_type: lora\ndataset: alpaca\n"
+                   "batch_size: -2\n")
+    assert done.returncode == 2
+    assert "batch_size" in done.stderr
