@@ -12,31 +12,14 @@ from fastapi.sse import format_sse_event
 from service.deps import Authorized, WorkbenchDep
 from service.schemas import FuseResponse, JobAction, JobStatus, MetricsResponse, StartResponse
 from workbench.training.config import TrainingConfig
+from workbench.training.manager import describe
 from workbench.training.store import ACTIVE, TERMINAL
 
 router = APIRouter(prefix="/train", tags=["training"], dependencies=[Authorized])
 
 
-_SHOWN = (
-    "experiment_name", "job_id", "status", "phase", "current_step", "total_steps", "loss", "eval_loss",
-    "judge_score", "tokens_per_s", "peak_memory_mb", "checkpoint", "adapter_path", "model_path", "backend",
-    "error", "created_at", "started_at", "finished_at", "pid",
-)
 _EVENTS_DOC = {200: {"content": {"text/event-stream": {}},
                      "description": "Server-sent events; reconnect with Last-Event-ID to miss nothing."}}
-
-
-def describe(job: dict) -> dict:
-    """A job as the API shows it."""
-    config = job["config"]
-    total = job["total_steps"]
-    return {
-        **{k: job[k] for k in _SHOWN},
-        "progress": round(job["current_step"] / total, 4) if total else 0.0,
-        "model_name": config.get("model_name"),
-        "training_type": config["training_type"],
-        "config": config,
-    }
 
 
 @router.post("/start", response_model=StartResponse)

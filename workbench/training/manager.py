@@ -26,6 +26,25 @@ from workbench.training.store import ACTIVE, RESUMABLE, JobStore
 
 log = logging.getLogger(__name__)
 
+_SHOWN = (
+    "experiment_name", "job_id", "status", "phase", "current_step", "total_steps", "loss", "eval_loss",
+    "judge_score", "tokens_per_s", "peak_memory_mb", "checkpoint", "adapter_path", "model_path", "backend",
+    "error", "created_at", "started_at", "finished_at", "pid",
+)
+
+
+def describe(job: dict) -> dict:
+    """A job as the API shows it."""
+    config = job["config"]
+    total = job["total_steps"]
+    return {
+        **{k: job[k] for k in _SHOWN},
+        "progress": round(job["current_step"] / total, 4) if total else 0.0,
+        "model_name": config.get("model_name"),
+        "training_type": config["training_type"],
+        "config": config,
+    }
+
 
 class JobManager:
     def __init__(self, settings: Settings, resolver: ModelResolver, store: JobStore, manage: bool = True):
@@ -175,12 +194,13 @@ class JobManager:
             self.store.set_status(job["job_id"], "interrupted",
                                   "the service stopped while this job ran; resumable", phase="interrupted")
 
-    def close(self, stop_jobs: bool = True) -> None:
+    def close(self) -> None:
+        """Shutting down: running jobs checkpoint and end `interrupted`, to resume later."""
         self._closed.set()
         with self._lock:
             for worker in self._workers.values():
-                if stop_jobs and worker.poll() is None:
-                    worker.send_signal(signal.SIGTERM)
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGUSR1)
         for worker in list(self._workers.values()):
             try:
                 worker.wait(timeout=30)

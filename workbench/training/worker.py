@@ -63,9 +63,13 @@ class StopSignals:
         self.parent = os.getppid()
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)  # Ctrl-C in `python -m workbench train`
+        signal.signal(signal.SIGUSR1, self._on_shutdown)  # the service is shutting down
 
     def _on_term(self, signum, frame) -> None:
         self.reason = "stopped"
+
+    def _on_shutdown(self, signum, frame) -> None:
+        self.reason = "interrupted"
 
     def __call__(self) -> str | None:
         if self.reason is None and os.getppid() != self.parent:
