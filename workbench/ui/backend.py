@@ -26,9 +26,9 @@ from pydantic import ValidationError
 
 from workbench.errors import InputError
 from workbench.training.store import ACTIVE
-from workbench.training.manager import describe  # a job as GET /train/{name}/status shows it
 
 Event = tuple[str, Any]  # ("token", text) as text arrives, then ("done", the full result dict)
+
 
 class BackendError(Exception):
     """A request the workbench refused: `field` names the input at fault (None when none is known).
@@ -43,36 +43,90 @@ class BackendError(Exception):
 
 
 class Backend:
-    """The methods every panel uses. `kind` is "local" or "http"."""
+    """The methods every panel calls; answers are the HTTP API's JSON, as plain dicts and lists."""
 
-    kind = "abstract"
+    kind = "abstract"  # "local" or "http"
 
-    def health(self) -> dict: raise NotImplementedError
-    def status(self) -> dict: raise NotImplementedError
-    def providers(self) -> dict[str, dict]: raise NotImplementedError
+    def health(self) -> dict:
+        """GET /health: healthy or degraded, the problems, memory, device and BLAS."""
+        raise NotImplementedError
+
+    def status(self) -> dict:
+        """GET /status: server information, training job counts, memory use."""
+        raise NotImplementedError
+
+    def providers(self) -> dict[str, dict]:
+        """GET /providers: name -> configured, usable, model, api_base, masked api_key, health."""
+        raise NotImplementedError
+
     def configure_provider(self, provider: str, api_key: str | None = None, model: str | None = None,
                            api_base: str | None = None, timeout: float | None = None) -> dict:
+        """POST /providers/configure: answers the configuration with the key masked."""
         raise NotImplementedError
-    def remove_provider(self, provider: str) -> list[str]: raise NotImplementedError
-    def fallback(self) -> list[str]: raise NotImplementedError
-    def set_fallback(self, order: list[str] | None) -> list[str]: raise NotImplementedError
-    def generate(self, params: dict) -> dict: raise NotImplementedError
-    def stream(self, params: dict) -> Iterator[Event]: raise NotImplementedError
-    def start_training(self, config: dict) -> dict: raise NotImplementedError
-    def stop(self, name: str) -> dict: raise NotImplementedError
-    def resume(self, name: str) -> dict: raise NotImplementedError
-    def job_status(self, name: str) -> dict: raise NotImplementedError
-    def jobs(self) -> list[dict]: raise NotImplementedError
-    def metrics(self, name: str) -> dict: raise NotImplementedError
-    def preview_dataset(self, config: dict, n: int = 5) -> dict: raise NotImplementedError
-    def token_lengths(self, config: dict) -> list[int]: raise NotImplementedError
-    def close(self) -> None: pass
+
+    def remove_provider(self, provider: str) -> list[str]:
+        """DELETE /providers/{provider}: answers the fallback order left."""
+        raise NotImplementedError
+
+    def fallback(self) -> list[str]:
+        """The order in which requests that name no provider try them."""
+        raise NotImplementedError
+
+    def set_fallback(self, order: list[str] | None) -> list[str]:
+        """Sets that order (None: the default); answers it."""
+        raise NotImplementedError
+
+    def generate(self, params: dict) -> dict:
+        """POST /generate: GenerateParams in, the full result out (provider_used, attempts...)."""
+        raise NotImplementedError
+
+    def stream(self, params: dict) -> Iterator[Event]:
+        """The same, streamed: ("token", text) events, then one ("done", result)."""
+        raise NotImplementedError
+
+    def start_training(self, config: dict) -> dict:
+        """POST /train/start: a TrainingConfig in; experiment_name, job_id, state out."""
+        raise NotImplementedError
+
+    def stop(self, name: str) -> dict:
+        """Stops the experiment's job (waiting for its checkpoint, up to 30 s); answers its state."""
+        raise NotImplementedError
+
+    def resume(self, name: str) -> dict:
+        """Continues a stopped, failed or interrupted job from its last checkpoint."""
+        raise NotImplementedError
+
+    def job_status(self, name: str) -> dict:
+        """GET /train/{name}/status: the latest job of the experiment."""
+        raise NotImplementedError
+
+    def jobs(self) -> list[dict]:
+        """GET /train/jobs: every job, newest first."""
+        raise NotImplementedError
+
+    def metrics(self, name: str) -> dict:
+        """GET /train/{name}/metrics: {experiment_name, job_id, steps: [{step, loss, eval_loss...}]}."""
+        raise NotImplementedError
+
+    def preview_dataset(self, config: dict, n: int = 5) -> dict:
+        """{summary, rows}: the first n rows as the model sees them (see workbench.data.preview)."""
+        raise NotImplementedError
+
+    def token_lengths(self, config: dict) -> list[int]:
+        """Tokens in every row, chat template applied."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
 
 # In-process ---------------------------------------------------------------------------------------
 
 
 class LocalBackend(Backend):
+    """A Workbench's own objects. The workbench's modules are imported inside the methods, so that a
+    panel over HTTP never loads litellm or mlx-lm."""
+
     kind = "local"
 
     def __init__(self, workbench):
@@ -160,10 +214,10 @@ class LocalBackend(Backend):
         return _action(name, _calling(self.workbench.jobs.resume, name), "resumed")
 
     def job_status(self, name: str) -> dict:
-        return describe(_calling(self.workbench.jobs.job, name))
+        return _describe(_calling(self.workbench.jobs.job, name))
 
     def jobs(self) -> list[dict]:
-        return [describe(job) for job in self.workbench.store.jobs()]
+        return [_describe(job) for job in self.workbench.store.jobs()]
 
     def metrics(self, name: str) -> dict:
         job = _calling(self.workbench.jobs.job, name)
@@ -193,6 +247,14 @@ class LocalBackend(Backend):
         full = _checked(TrainingConfig, {"experiment_name": "preview", "training_type": "lora"} | config)
         loaded = _calling(self.workbench.local.model, full.model_name)
         return DataSpec.from_config(full), loaded.engine.tokenizer
+
+
+def _describe(job: dict) -> dict:
+    """A job as GET /train/{name}/status shows it (imported here: the job manager brings in mlx-lm,
+    which a panel over HTTP never needs)."""
+    from workbench.training.manager import describe
+
+    return describe(job)
 
 
 def _action(name: str, job: dict, action: str) -> dict:
