@@ -33,6 +33,7 @@ class Workbench:
         self.router = ProviderRouter(self.settings, self.local)
         self.jobs = JobManager(self.settings, self.resolver, self.store, manage=manage_jobs)
         self.started_at = time.time()
+        self._closed = False
 
     def warm_up(self) -> threading.Thread:
         """Build and load the default model in the background, so the first request is quick."""
@@ -100,6 +101,10 @@ class Workbench:
         }
 
     def close(self) -> None:
+        """Release workers, engines and the store; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.jobs.close()
         self.local.close()
         self.store.close()

@@ -173,6 +173,10 @@ class TrainingPanel(Panel):
         self.state.value = (f"<b>{escape(status['experiment_name'])}</b> · {escape(status['status'])}"
                             f" · {escape(status['phase'] or '')} · step {step}/{total or '?'}")
         self.stats.value = _stats(status)
+        if status["status"] not in ACTIVE:
+            # The job has ended: the message from Start or Resume ("... running") would be stale.
+            ended = f"{status['experiment_name']} {status['status']} at step {step}"
+            self.say(ended, error=status["status"] == "failed")
 
     def _draw(self, status: dict, steps: list[dict]) -> None:
         key = (status["job_id"], status["status"], len(steps), steps[-1] if steps else None)
