@@ -17,3 +17,14 @@ def test_generation_benchmark_runs_and_prints_its_table(models_dir):
     assert done.returncode == 0, done.stdout + done.stderr
     for measure in ("generate p50", "concurrent vs 1 single", "matmul"):
         assert measure in done.stdout
+
+
+def test_training_benchmark_runs_and_prints_its_table(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/training.py", "--quick"],
+        cwd=ROOT, env=os.environ | {"WORKBENCH_MODELS_PATH": models_dir},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for measure in ("tokens/s", "time to first step"):
+        assert measure in done.stdout
