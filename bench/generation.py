@@ -19,15 +19,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import requests
+from table import print_table, row, version
 
+# isort: off
 # Must come before mlx.core: importing the workbench puts the system OpenBLAS under MLX, which
 # only works while MLX is not yet loaded (workbench/blas.py).
-import workbench  # noqa: I001
+import workbench
 from service.launch import service_process
 from workbench.blas import load_fast_blas
+
+import mlx.core as mx
+# isort: on
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--quick", action="store_true", help="smoke run: 5 requests, n=512, one repeat")
@@ -112,31 +116,6 @@ def numpy_blas() -> str:
     except ImportError:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         return f"{blas.get('name')} {blas.get('version')} (build config)"
-
-
-def version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as v
-
-    try:
-        return v(dist)
-    except PackageNotFoundError:
-        return "absent"
-
-
-def row(measure, value, peer="-", ratio=None, goal="-", met=None) -> list[str]:
-    return [measure, value, peer, "-" if ratio is None else f"{ratio:.2f}x", goal,
-            "-" if met is None else ("yes" if met else "NO")]
-
-
-def print_table(rows: list[list[str]]) -> None:
-    head = ["measure", "value", "peer", "ratio", "goal", "met"]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
 
 
 def main() -> int:

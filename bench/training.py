@@ -41,6 +41,7 @@ from pathlib import Path
 
 import requests
 import yaml
+from table import print_table, row, version
 
 # Must come before mlx.core (imported in functions below, and by workbench.models): importing the
 # workbench puts the system OpenBLAS under MLX, which only works while MLX is not yet loaded.
@@ -388,31 +389,6 @@ def wall_tokens_per_s(steps: list[dict], warmup: int) -> float | None:
 
 def tps(value: float) -> str:
     return f"{value:,.0f} tok/s" if value >= 100 else f"{value:.1f} tok/s"
-
-
-def version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as v
-
-    try:
-        return v(dist)
-    except PackageNotFoundError:
-        return "absent"
-
-
-def row(measure, value, peer="-", ratio=None, goal="-", met=None) -> list[str]:
-    return [measure, value, peer, "-" if ratio is None else f"{ratio:.2f}x", goal,
-            "-" if met is None else ("yes" if met else "NO")]
-
-
-def print_table(rows: list[list[str]]) -> None:
-    head = ["measure", "value", "peer", "ratio", "goal", "met"]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
 
 
 def compare(label: str, service: Service, folder: Path, data: Path, work: Path, name: str, shape: tuple,
