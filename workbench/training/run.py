@@ -69,22 +69,25 @@ class TrainingRun:
         self.reporter.phase("loading_model", f"loading {self.model_path}")
         model, tokenizer, config = mlx_lm.load(self.model_path, return_config=True)
         already_quantized = "quantization" in config
+        cfg = self.config
+        if cfg.training_type == "sft" and already_quantized:
+            raise InputError("training_type", "sft cannot train a quantized model's weights; use qlora")
+        if cfg.training_type == "qlora" and not already_quantized:
+            # Quantize from the stored weights, before any cast: a cast first would only be thrown away.
+            nn.quantize(model, group_size=64, bits=cfg.quantization_bits)
         if backend() == "cpu":
             # bf16 and fp16 products do not go through BLAS on the CPU (about 8x slower): train in fp32.
             model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype in (mx.bfloat16, mx.float16)
                                   else p, model.parameters()))
-        cfg = self.config
         if cfg.training_type == "sft":
-            if already_quantized:
-                raise InputError("training_type", "sft cannot train a quantized model's weights; use qlora")
             model.unfreeze()
         else:
-            if cfg.training_type == "qlora" and not already_quantized:
-                nn.quantize(model, group_size=64, bits=cfg.quantization_bits)
             model.freeze()
             linear_to_lora_layers(model, self._lora_layers(model), self._lora_parameters())
         if cfg.gradient_checkpointing:
             grad_checkpoint(model.layers[0])
+        # Do the cast and quantization now, in the loading phase, not lazily inside step 1.
+        mx.eval(model.parameters())
         return model, tokenizer
 
     def _lora_layers(self, model) -> int:
@@ -169,10 +172,8 @@ class TrainingRun:
                 path = self._save(model, optimizer, step)
                 self.reporter.checkpoint(step, path)
                 return RunOutcome(reason, step, None)
-            tic = time.perf_counter()
-            loss, tokens = one_step(batches)
+            loss, tokens, elapsed = one_step(batches)
             step += 1
-            elapsed = time.perf_counter() - tic
             self.reporter.step(step, total, {
                 "loss": loss, "learning_rate": float(optimizer.learning_rate), "tokens": tokens,
                 "tokens_per_s": tokens / elapsed if elapsed else None,
@@ -215,17 +216,19 @@ class TrainingRun:
                 grads = None
             return loss, tokens, grads
 
-        def one_step(batches) -> tuple[float, int]:
+        def one_step(batches) -> tuple[float, int, float]:
+            """Loss, trained tokens, and the seconds the step's compute took (not the batch fetch)."""
+            micro_batches = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            tic = time.perf_counter()
             weighted, counts, grads = [], [], None
-            for micro in range(1, cfg.gradient_accumulation_steps + 1):
-                batch, lengths = next(batches)
+            for micro, (batch, lengths) in enumerate(micro_batches, 1):
                 loss, tokens, grads = step(batch, lengths, grads, micro == cfg.gradient_accumulation_steps)
                 weighted.append(loss * tokens)
                 counts.append(tokens)
             total = sum(counts)
             loss = sum(weighted) / total
             mx.eval(loss, total, state)
-            return loss.item(), int(total.item())
+            return loss.item(), int(total.item()), time.perf_counter() - tic
 
         return one_step
 
