@@ -98,18 +98,24 @@ def alpaca_to_messages(row: Mapping) -> Messages:
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
+def _turns(row: Mapping, key: str, what: str) -> Sequence:
+    """The list of a conversation's turns under `key`, or BadRow saying why it is not one."""
+    row = _mapping(row)
+    turns = row.get(key)
+    if turns is None:
+        raise BadRow(f"missing key {key!r} (the row has {_keys(row)})")
+    if not isinstance(turns, Sequence) or isinstance(turns, str):
+        raise BadRow(f"{key!r} must be a list of {what}, got {_kind(turns)}")
+    return turns
+
+
 def sharegpt_to_messages(row: Mapping, key: str = "conversations") -> Messages:
     """{"conversations": [{"from": human|gpt|system, "value"}, ...]} → chat messages.
 
     human/user → user, gpt/assistant (also chatgpt, model) → assistant, system → system; turns written
     as {"role", "content"} are read too.
     """
-    row = _mapping(row)
-    turns = row.get(key)
-    if turns is None:
-        raise BadRow(f"missing key {key!r} (the row has {_keys(row)})")
-    if not isinstance(turns, Sequence) or isinstance(turns, str):
-        raise BadRow(f"{key!r} must be a list of turns, got {_kind(turns)}")
+    turns = _turns(row, key, "turns")
     messages: Messages = []
     for i, turn in enumerate(turns, 1):
         if not isinstance(turn, Mapping):
@@ -132,12 +138,7 @@ def sharegpt_to_messages(row: Mapping, key: str = "conversations") -> Messages:
 
 def chat_messages(row: Mapping, key: str = "messages") -> Messages:
     """{"messages": [{"role", "content"}, ...]} as is, checked: known roles, string contents."""
-    row = _mapping(row)
-    turns = row.get(key)
-    if turns is None:
-        raise BadRow(f"missing key {key!r} (the row has {_keys(row)})")
-    if not isinstance(turns, Sequence) or isinstance(turns, str):
-        raise BadRow(f"{key!r} must be a list of messages, got {_kind(turns)}")
+    turns = _turns(row, key, "messages")
     messages: Messages = []
     for i, message in enumerate(turns, 1):
         if not isinstance(message, Mapping):
