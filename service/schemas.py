@@ -103,14 +103,20 @@ class JobStatus(BaseModel):
     loss: float | None
     eval_loss: float | None
     judge_score: float | None = Field(description="The eval_provider's mean score (0 to 10), if any.")
-    tokens_per_s: float | None
-    peak_memory_mb: float | None
+    tokens_per_s: float | None = Field(description="Trained (answer) tokens per second, as mlx-lm counts.")
+    useful_tokens_per_s: float | None = Field(description="Real input tokens per second, padding excluded.")
+    raw_tokens_per_s: float | None = Field(description="Positions computed per second, padding included.")
+    peak_memory_mb: float | None = Field(description="MLX's peak memory since training started.")
     checkpoint: str | None
     adapter_path: str | None
     model_name: str | None
     model_path: str
     training_type: str
     backend: str | None = Field(description="cpu or gpu: where MLX trains.")
+    policy: dict | None = Field(
+        description="How the run computes: dtype, quantized products, compiled step, BLAS, kernel cache, "
+        "memory limits."
+    )
     pid: int | None = Field(description="The worker process, while the job runs.")
     error: dict | None
     created_at: float

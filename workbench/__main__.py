@@ -48,6 +48,11 @@ class BarReporter:
         self.inner.note(message, data)
         (self.bar.write if self.bar else print)(message)
 
+    def policy(self, chosen: dict) -> None:
+        self.inner.policy(chosen)
+        print(f"computing in {chosen['compute_dtype']} on {chosen['backend']} ({chosen['device']}), "
+              f"quantized products: {chosen['quantized_products']}")
+
 
 def train(config_path: Path, resume: bool) -> int:
     from workbench.core import Workbench

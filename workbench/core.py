@@ -19,6 +19,7 @@ from workbench.settings import Settings
 from workbench.system import memory_usage
 from workbench.training.config import TrainingConfig
 from workbench.training.manager import JobManager
+from workbench.training.policy import use_kernel_cache
 from workbench.training.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 class Workbench:
     def __init__(self, settings: Settings | None = None, manage_jobs: bool = True):
         self.settings = settings or Settings()
+        # CUDA kernels compiled by this process and its workers are kept for the next ones.
+        use_kernel_cache(self.settings.home_dir)
         self.store = JobStore(self.settings.home_dir / "workbench.db")
         self.resolver = ModelResolver(self.settings, experiments=self._trained)
         self.local = LocalMLX(self.settings, self.resolver)

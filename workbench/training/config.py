@@ -42,6 +42,13 @@ class TrainingConfig(BaseModel):
     dataset_format: DatasetFormat = Field(default="auto", description="How rows are read; auto detects it.")
     max_seq_length: int = Field(default=512, ge=16, le=131072, description="Longer samples are truncated.")
     mask_prompt: bool = Field(default=True, description="Train on the answers only, not on the prompts.")
+    group_by_length: bool = Field(
+        default=True, description="Batch rows of similar token length together (less padding)."
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack several rows into each max_seq_length sequence, attention kept within each row.",
+    )
     validation_split: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation loss."
     )
@@ -59,6 +66,12 @@ class TrainingConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="Clip gradients to this norm.")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+    memory_limit_mb: int | None = Field(
+        default=None, ge=64, description="MLX memory limit for the run (mx.set_memory_limit)."
+    )
+    cache_limit_mb: int | None = Field(
+        default=None, ge=0, description="Most freed memory MLX keeps cached for reuse (mx.set_cache_limit)."
+    )
     seed: int = Field(default=0, ge=0)
 
     # LoRA ---------------------------------------------------------------------------------------

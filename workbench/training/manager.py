@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 _SHOWN = (
     "experiment_name", "job_id", "status", "phase", "current_step", "total_steps", "loss", "eval_loss",
-    "judge_score", "tokens_per_s", "peak_memory_mb", "checkpoint", "adapter_path", "model_path", "backend",
-    "error", "created_at", "started_at", "finished_at", "pid",
+    "judge_score", "tokens_per_s", "useful_tokens_per_s", "raw_tokens_per_s", "peak_memory_mb", "checkpoint",
+    "adapter_path", "model_path", "backend", "policy", "error", "created_at", "started_at", "finished_at",
+    "pid",
 )
 
 

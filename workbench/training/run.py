@@ -19,12 +19,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
-from mlx_lm.tuner.trainer import default_loss, evaluate, grad_checkpoint, iterate_batches
+from mlx_lm.tuner.trainer import evaluate, grad_checkpoint
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from workbench.data import DataSpec, build
 from workbench.errors import InputError
-from workbench.training import checkpoint
+from workbench.training import batching, checkpoint, policy
 from workbench.training.config import TrainingConfig
 
 _MB = 1024 * 1024
@@ -38,6 +38,7 @@ class Reporter(Protocol):
     def evaluation(self, step: int, metrics: dict) -> None: ...
     def checkpoint(self, step: int, path: Path) -> None: ...
     def note(self, message: str, data: dict | None = None) -> None: ...
+    def policy(self, chosen: dict) -> None: ...
 
 
 @dataclass
@@ -45,10 +46,6 @@ class RunOutcome:
     status: str  # "completed" or the stop reason ("stopped", "interrupted")
     step: int
     adapter_path: Path | None
-
-
-def backend() -> str:
-    return "gpu" if mx.default_device().type == mx.gpu else "cpu"
 
 
 class TrainingRun:
@@ -60,6 +57,7 @@ class TrainingRun:
         self.settings = settings
         self.reporter = reporter
         self.should_stop = should_stop  # returns None, or why to stop now
+        self.policy = policy.choose(config.memory_limit_mb, config.cache_limit_mb)
 
     # Setting up ---------------------------------------------------------------------------------
 
@@ -75,10 +73,9 @@ class TrainingRun:
         if cfg.training_type == "qlora" and not already_quantized:
             # Quantize from the stored weights, before any cast: a cast first would only be thrown away.
             nn.quantize(model, group_size=64, bits=cfg.quantization_bits)
-        if backend() == "cpu":
-            # bf16 and fp16 products do not go through BLAS on the CPU (about 8x slower): train in fp32.
-            model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype in (mx.bfloat16, mx.float16)
-                                  else p, model.parameters()))
+        switched = policy.prepare(model, self.policy)
+        if switched:
+            self.reporter.note(f"{switched} quantized layers multiply through BLAS, dequantized just in time")
         if cfg.training_type == "sft":
             model.unfreeze()
         else:
@@ -136,6 +133,8 @@ class TrainingRun:
     def run(self, resume: bool = False) -> RunOutcome:
         cfg = self.config
         mx.random.seed(cfg.seed)
+        policy.apply_limits(self.policy)
+        self.reporter.policy(self.policy.as_dict())
         model, tokenizer = self.load_model()
 
         self.reporter.phase("loading_data", f"preparing {cfg.dataset_path or cfg.dataset}")
@@ -157,7 +156,8 @@ class TrainingRun:
             self.reporter.phase("training", f"resuming from step {start}")
 
         one_step = self._step_function(model, optimizer)
-        batches = iterate_batches(data.train, cfg.batch_size, cfg.max_seq_length, loop=True, seed=cfg.seed)
+        batches = batching.batches(data.train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
+                                   cfg.group_by_length, cfg.packing)
         # The data position: skip the batches the earlier part of the run already used.
         for _ in range(start * cfg.gradient_accumulation_steps):
             next(batches)
@@ -172,11 +172,15 @@ class TrainingRun:
                 path = self._save(model, optimizer, step)
                 self.reporter.checkpoint(step, path)
                 return RunOutcome(reason, step, None)
-            loss, tokens, elapsed = one_step(batches)
+            loss, tokens, elapsed, counts = one_step(batches)
             step += 1
             self.reporter.step(step, total, {
                 "loss": loss, "learning_rate": float(optimizer.learning_rate), "tokens": tokens,
+                # Trained tokens (as mlx-lm counts them), real input tokens, and every position
+                # computed on, padding included: the gap between the last two is padding's cost.
                 "tokens_per_s": tokens / elapsed if elapsed else None,
+                "useful_tokens_per_s": counts.tokens / elapsed if elapsed else None,
+                "raw_tokens_per_s": counts.positions / elapsed if elapsed else None,
                 "peak_memory_mb": mx.get_peak_memory() / _MB,
             })
             if data.valid is not None and (step % cfg.eval_steps == 0 or step == total):
@@ -199,12 +203,12 @@ class TrainingRun:
         """The compiled micro-step, shaped as mlx-lm's own: gradients add up over micro-batches and
         the optimizer updates on the last one (gradients clipped to `max_grad_norm`)."""
         cfg = self.config
-        loss_and_grad = nn.value_and_grad(model, default_loss)
+        loss_and_grad = nn.value_and_grad(model, batching.loss_function(cfg.packing))
         state = [model.state, optimizer.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(batch, lengths, previous, do_update):
-            (loss, tokens), grads = loss_and_grad(model, batch, lengths)
+        def step(arrays, previous, do_update):
+            (loss, tokens), grads = loss_and_grad(model, *arrays)
             if previous is not None:
                 grads = tree_map(lambda a, b: a + b, grads, previous)
             if do_update:
@@ -216,19 +220,22 @@ class TrainingRun:
                 grads = None
             return loss, tokens, grads
 
-        def one_step(batches) -> tuple[float, int, float]:
-            """Loss, trained tokens, and the seconds the step's compute took (not the batch fetch)."""
+        def one_step(batches):
+            """Loss, trained tokens, the seconds the step's compute took (not the batch fetch), and
+            the real and padded token counts of its batches."""
             micro_batches = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
             tic = time.perf_counter()
             weighted, counts, grads = [], [], None
-            for micro, (batch, lengths) in enumerate(micro_batches, 1):
-                loss, tokens, grads = step(batch, lengths, grads, micro == cfg.gradient_accumulation_steps)
+            for micro, batch in enumerate(micro_batches, 1):
+                loss, tokens, grads = step(batch.arrays, grads, micro == cfg.gradient_accumulation_steps)
                 weighted.append(loss * tokens)
                 counts.append(tokens)
             total = sum(counts)
             loss = sum(weighted) / total
             mx.eval(loss, total, state)
-            return loss.item(), int(total.item()), time.perf_counter() - tic
+            sizes = batching.Batch((), sum(b.tokens for b in micro_batches),
+                                   sum(b.positions for b in micro_batches))
+            return loss.item(), int(total.item()), time.perf_counter() - tic, sizes
 
         return one_step
 

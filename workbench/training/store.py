@@ -31,7 +31,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     eval_loss REAL,
     judge_score REAL,
     tokens_per_s REAL,
+    useful_tokens_per_s REAL,
+    raw_tokens_per_s REAL,
     peak_memory_mb REAL,
+    policy TEXT,
     checkpoint TEXT,
     adapter_path TEXT,
     model_path TEXT,
@@ -50,6 +53,8 @@ CREATE TABLE IF NOT EXISTS metrics (
     learning_rate REAL,
     tokens INTEGER,
     tokens_per_s REAL,
+    useful_tokens_per_s REAL,
+    raw_tokens_per_s REAL,
     peak_memory_mb REAL,
     eval_loss REAL,
     judge_score REAL,
@@ -69,9 +74,16 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
 
 _JOB_FIELDS = {
     "status", "phase", "started_at", "finished_at", "current_step", "total_steps", "loss", "eval_loss",
-    "judge_score", "tokens_per_s", "peak_memory_mb", "checkpoint", "adapter_path", "model_path", "backend",
-    "error", "pid", "resume",
+    "judge_score", "tokens_per_s", "useful_tokens_per_s", "raw_tokens_per_s", "peak_memory_mb", "policy",
+    "checkpoint", "adapter_path", "model_path", "backend", "error", "pid", "resume",
 }
+
+# Columns added after the first release: a store written by an older workbench gets them on open.
+_ADDED = {
+    "jobs": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL", "policy TEXT"),
+    "metrics": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL"),
+}
+_JSON_FIELDS = ("error", "policy")
 
 
 class JobStore:
@@ -83,6 +95,14 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        for table, columns in _ADDED.items():
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def _run(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -107,8 +127,9 @@ class JobStore:
         unknown = set(fields) - _JOB_FIELDS
         if unknown:
             raise ValueError(f"not job fields: {sorted(unknown)}")
-        if "error" in fields and isinstance(fields["error"], dict):
-            fields["error"] = json.dumps(fields["error"])
+        for name in _JSON_FIELDS:
+            if isinstance(fields.get(name), dict):
+                fields[name] = json.dumps(fields[name])
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._run(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*fields.values(), job_id))
@@ -199,6 +220,7 @@ def _plain(fields: dict) -> dict:
 def _job(row: sqlite3.Row) -> dict:
     job = {k: row[k] for k in row.keys()}
     job["config"] = json.loads(job["config"])
-    job["error"] = json.loads(job["error"]) if job["error"] else None
+    for name in _JSON_FIELDS:
+        job[name] = json.loads(job[name]) if job[name] else None
     job["resume"] = bool(job["resume"])
     return job

@@ -19,7 +19,8 @@ import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
 from workbench.errors import InputError
 from workbench.settings import Settings
 from workbench.training.config import TrainingConfig
-from workbench.training.run import TrainingRun, backend
+from workbench.training.policy import current_backend, use_kernel_cache
+from workbench.training.run import TrainingRun
 from workbench.training.store import JobStore
 
 log = logging.getLogger("workbench.worker")
@@ -37,8 +38,9 @@ class StoreReporter:
 
     def step(self, step: int, total: int, metrics: dict) -> None:
         self.store.metric(self.job_id, step, **metrics)
+        shown = ("tokens_per_s", "useful_tokens_per_s", "raw_tokens_per_s", "peak_memory_mb")
         self.store.update(self.job_id, current_step=step, total_steps=total, loss=metrics["loss"],
-                          tokens_per_s=metrics["tokens_per_s"], peak_memory_mb=metrics["peak_memory_mb"])
+                          **{name: metrics[name] for name in shown})
         self.store.event(self.job_id, "metrics", f"step {step}/{total}: loss {metrics['loss']:.4f}",
                          data={"step": step, "total_steps": total, **metrics})
 
@@ -53,6 +55,11 @@ class StoreReporter:
 
     def note(self, message: str, data: dict | None = None) -> None:
         self.store.event(self.job_id, "message", message, data=data)
+
+    def policy(self, chosen: dict) -> None:
+        self.store.update(self.job_id, policy=chosen)
+        self.store.event(self.job_id, "message", f"computing in {chosen['compute_dtype']} on "
+                         f"{chosen['backend']} ({chosen['device']})", data={"policy": chosen})
 
 
 class StopSignals:
@@ -80,7 +87,8 @@ class StopSignals:
 def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals, reporter=None) -> str:
     job = store.get(job_id)
     config = TrainingConfig(**job["config"])
-    store.update(job_id, pid=os.getpid(), started_at=job["started_at"] or time.time(), backend=backend())
+    store.update(job_id, pid=os.getpid(), started_at=job["started_at"] or time.time(),
+                 backend=current_backend())
     store.set_status(job_id, "running", f"worker {os.getpid()} started", phase="starting")
     reporter = reporter or StoreReporter(store, job_id)
     run = TrainingRun(config, job["model_path"], Path(job["run_dir"]), settings, reporter, stop)
@@ -111,6 +119,7 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    use_kernel_cache(settings.home_dir)
     store = JobStore(settings.home_dir / "workbench.db")
     status = run_job(argv[1], settings, store, StopSignals())
     store.close()

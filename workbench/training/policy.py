@@ -1,0 +1,95 @@
+"""How a job computes on the backend it finds: dtype, kernels, memory limits, kernel cache.
+
+Chosen once per run and written into the job's status, so a user sees why a run is as fast (or as
+big) as it is. The choices come from measurements (DESIGN.md, decision 7; bench/RESULTS.md):
+- CPU: fp32. bf16 and fp16 products do not go through BLAS there and trained about 8x slower.
+  A quantized base (QLoRA) keeps its packed weights but multiplies through BLAS after dequantizing
+  each layer just in time (workbench/training/quantized.py): MLX's own quantized CPU matmul does
+  about 3 GFLOP/s.
+- GPU: bf16, and MLX's own quantized kernels, which are fast there. CUDA compiles its kernels at run
+  time (72 s for a Qwen3-1.7B step): they are cached under the workbench home, so the next job
+  starts warm.
+- Everywhere: the training step is compiled with `mx.compile`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+
+from workbench import blas
+from workbench.training.quantized import dequantize_products
+
+_MB = 1024 * 1024
+_FLOATS = (mx.float32, mx.float16, mx.bfloat16)
+
+
+@dataclass(frozen=True)
+class ComputePolicy:
+    backend: str  # "cpu" or "gpu"
+    device: str
+    compute_dtype: str  # dtype the base weights are cast to on load
+    quantized_products: str  # "dequantize-to-fp32" (CPU) or "mlx-quantized-kernels" (GPU)
+    compiled_step: bool
+    blas: str | None  # the CPU BLAS MLX uses
+    kernel_cache: str | None  # MLX_PTX_CACHE_DIR on CUDA
+    memory_limit_mb: int | None
+    cache_limit_mb: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def current_backend() -> str:
+    return "gpu" if mx.default_device().type == mx.gpu else "cpu"
+
+
+def kernel_cache_dir(home: Path) -> Path:
+    return home / "cache" / "mlx-kernels"
+
+
+def use_kernel_cache(home: Path) -> str:
+    """Point MLX's CUDA kernel cache under the workbench home (unless the user set it).
+    Must run before the first kernel is compiled; the service and workers call it at start."""
+    folder = kernel_cache_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.environ.setdefault("MLX_PTX_CACHE_DIR", str(folder))
+
+
+def choose(memory_limit_mb: int | None = None, cache_limit_mb: int | None = None) -> ComputePolicy:
+    gpu = current_backend() == "gpu"
+    info = mx.device_info()
+    return ComputePolicy(
+        backend="gpu" if gpu else "cpu",
+        device=str(info.get("device_name") or mx.default_device()),
+        compute_dtype="bfloat16" if gpu else "float32",
+        quantized_products="mlx-quantized-kernels" if gpu else "dequantize-to-fp32",
+        compiled_step=True,
+        blas=None if gpu else blas.load_fast_blas().library,
+        kernel_cache=os.environ.get("MLX_PTX_CACHE_DIR") if gpu else None,
+        memory_limit_mb=memory_limit_mb,
+        cache_limit_mb=cache_limit_mb,
+    )
+
+
+def apply_limits(policy: ComputePolicy) -> None:
+    if policy.memory_limit_mb:
+        mx.set_memory_limit(policy.memory_limit_mb * _MB)
+    if policy.cache_limit_mb is not None:
+        mx.set_cache_limit(policy.cache_limit_mb * _MB)
+
+
+def prepare(model: nn.Module, policy: ComputePolicy) -> int:
+    """Cast the base's floating weights to the compute dtype and, on the CPU, make quantized layers
+    multiply through BLAS. Returns how many quantized layers were switched."""
+    dtype = getattr(mx, policy.compute_dtype)
+    model.update(tree_map(lambda p: p.astype(dtype) if p.dtype in _FLOATS and p.dtype != dtype else p,
+                          model.parameters()))
+    if policy.quantized_products == "dequantize-to-fp32":
+        return dequantize_products(model)
+    return 0
