@@ -109,6 +109,9 @@ def test_valid_training_configs_each_run_to_completion(svc):
     ({"experiment_name": "x", "training_type": "lora", "dataset": "alpaca", "dataset_path": "/etc/passwd"},
      "dataset_path"),
     ({"experiment_name": "x", "training_type": "lora", "dataset": "no/such-dataset"}, "dataset"),
+    ({"experiment_name": "x", "training_type": "lora", "dataset": "alpaca", "memory_limit_mb": 1},
+     "memory_limit_mb"),
+    ({"experiment_name": "x", "training_type": "lora", "dataset": "alpaca", "packing": "sometimes"}, "packing"),
 ])
 def test_invalid_training_configs(svc, config, field):
     response = svc.post("/train/start", json=config)
@@ -252,6 +255,21 @@ def test_what_was_trained_can_be_served_and_fused(svc):
     assert model.layers[0].self_attn.q_proj.__class__.__name__ == "Linear"
     same = svc.post("/generate", json=ask | {"model": folder}).json()
     assert same["generated_text"] == tuned.json()["generated_text"]
+
+
+def test_a_job_reports_how_it_computes_and_its_useful_and_raw_throughput(svc):
+    start(svc, experiment_name="packed_qlora", training_type="qlora", quantization="int8", packing=True,
+          max_seq_length=256, batch_size=1, max_steps=4, memory_limit_mb=4096, cache_limit_mb=64)
+    done = wait_for(svc, "packed_qlora")
+    assert done["status"] == "completed", done["error"]
+    assert done["policy"]["compute_dtype"] == "float32"
+    assert done["policy"]["quantized_products"] == "dequantize-to-fp32"
+    assert done["policy"]["memory_limit_mb"] == 4096 and done["policy"]["cache_limit_mb"] == 64
+    assert 0 < done["useful_tokens_per_s"] <= done["raw_tokens_per_s"]
+    steps = svc.get("/train/packed_qlora/metrics").json()["steps"]
+    assert all(row["useful_tokens_per_s"] and row["peak_memory_mb"] for row in steps)
+    events = svc.get("/train/packed_qlora/events").text  # the stream ends with the job
+    assert "quantized layers multiply through BLAS" in events
 
 
 def test_training_resource_usage(svc):

@@ -1,0 +1,254 @@
+"""GPU training benchmark: a workbench LoRA job against the bare compiled MLX step and PyTorch + PEFT.
+
+    python bench/gpu_training.py                  # on an NVIDIA H100/H200 with mlx-cuda-13 (see README)
+    python bench/gpu_training.py --quick          # toy size, any backend (CI runs it on the CPU)
+
+All on the same model shape (random/qwen3-1.7b, bf16), LoRA rank 8 (alpha 16) on all 7 projections of
+every layer, AdamW at a constant 1e-4, no clipping, batch 4 x 512 full-length rows:
+
+1. A workbench job (the job manager starts a worker process that trains and writes its metrics to the
+   job store, as under the service), with a fresh kernel cache under its home: steady tokens/s, and
+   the first step's time (CUDA kernels compiled at run time).
+2. A second job, same settings: its first step, now with the kernel cache warm.
+3. The bare compiled MLX step in this process: mlx-lm's LoRA layers and loss, `mx.compile` of
+   value_and_grad + AdamW update, on random batches of the same shape.
+4. PyTorch + PEFT on the same folder (bench/torch_peer.py, in its own process): eager, and compiled
+   with `torch.compile` if that compiles within --compile-budget seconds.
+Tokens are the trained (non-padding target) tokens, counted the same way on every side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from table import print_table, row, version
+
+import workbench  # noqa: F401  (OpenBLAS under MLX on the CPU, before mlx.core)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--quick", action="store_true", help="toy size on the tiny model (CI smoke run)")
+parser.add_argument("--model", default="random/qwen3-1.7b", help="a builtin name or a model folder")
+parser.add_argument("--models", type=Path, help="models folder (default: <home>/models)")
+parser.add_argument("--home", type=Path, help="WORKBENCH_HOME (default: a fresh temp dir)")
+parser.add_argument("--batch", type=int, default=4)
+parser.add_argument("--seq", type=int, default=512)
+parser.add_argument("--steps", type=int, default=30)
+parser.add_argument("--warmup", type=int, default=5, help="first steps left out of tokens/s")
+parser.add_argument("--rank", type=int, default=8)
+parser.add_argument("--alpha", type=float, default=16.0)
+parser.add_argument("--compile-budget", type=float, default=300.0, help="seconds torch.compile may take")
+parser.add_argument("--skip-torch", action="store_true", help="no PyTorch + PEFT rows")
+parser.add_argument("--job-timeout", type=float, default=900.0)
+
+
+def corpus_rows(count: int, chars: int) -> list[dict]:
+    """Text rows long enough to fill --seq tokens, cut from the corpus the workbench ships."""
+    text = " ".join(p.read_text() for p in sorted((ROOT / "workbench/models/corpus").glob("*.txt")))
+    text = " ".join(text.split())
+    while len(text) < chars * 2:
+        text = text + " " + text
+    step = max((len(text) - chars) // count, 1)
+    return [{"text": text[i * step:i * step + chars]} for i in range(count)]
+
+
+def job_config(name: str, model: str, args) -> dict:
+    return {
+        "experiment_name": name, "model_name": model, "training_type": "lora",
+        "dataset": "custom", "dataset_path": "gpu-bench.jsonl", "dataset_format": "text",
+        "validation_split": 0.0, "batch_size": args.batch, "max_seq_length": args.seq,
+        "max_steps": args.steps, "learning_rate": 1e-4, "lr_schedule": "constant", "max_grad_norm": None,
+        "lora_rank": args.rank, "lora_alpha": args.alpha, "lora_dropout": 0.0, "lora_layers": -1,
+        "mask_prompt": False, "seed": 0, "save_every": 1_000_000, "eval_steps": 1_000_000,
+    }
+
+
+def run_job(jobs, store, config, timeout: float) -> dict:
+    from workbench.training.config import TrainingConfig
+
+    started = jobs.start(TrainingConfig(**config))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = store.get(started["job_id"])
+        if job["status"] in ("completed", "failed", "stopped", "interrupted"):
+            break
+        time.sleep(0.5)
+    else:
+        raise SystemExit(f"job {config['experiment_name']} did not end within {timeout:.0f} s")
+    if job["status"] != "completed":
+        log = Path(job["run_dir"]) / "worker.log"
+        raise SystemExit(f"job {config['experiment_name']} {job['status']}: {job['error']}\n"
+                         + (log.read_text()[-3000:] if log.exists() else ""))
+    metrics = [m for m in store.metrics(started["job_id"]) if m.get("tokens")]
+    first = store.events([started["job_id"]])
+    step_one = next(e["time"] for e in first if e["type"] == "metrics")
+    return {"job": job, "steps": metrics, "start_to_step_1": step_one - job["started_at"]}
+
+
+def job_figures(result: dict, warmup: int) -> dict:
+    steps = result["steps"]
+    seconds = [m["tokens"] / m["tokens_per_s"] for m in steps]
+    timed = range(warmup, len(steps))
+    return {
+        "tokens_per_s": sum(steps[i]["tokens"] for i in timed) / sum(seconds[i] for i in timed),
+        "first_step_s": seconds[0],
+        "start_to_step_1": result["start_to_step_1"],
+        "peak_mb": max(m["peak_memory_mb"] for m in steps),
+        "policy": result["job"]["policy"],
+    }
+
+
+def bare_step(folder: Path, args) -> dict:
+    """mlx-lm's LoRA layers and loss under one compiled step, nothing else around it."""
+    from functools import partial
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import mlx_lm
+    from mlx_lm.tuner.trainer import default_loss
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, _ = mlx_lm.load(str(folder))
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": args.rank, "scale": args.alpha / args.rank,
+                                                      "dropout": 0.0})
+    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.0)
+    loss_and_grad = nn.value_and_grad(model, default_loss)
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(batch, lengths):
+        (loss, tokens), grads = loss_and_grad(model, batch, lengths)
+        optimizer.update(model, grads)
+        return loss, tokens
+
+    vocab = model.args.vocab_size
+    lengths = mx.array([[0, args.seq]] * args.batch)
+    times, tokens = [], []
+    mx.reset_peak_memory()
+    for i in range(args.steps):
+        batch = mx.random.randint(0, vocab, (args.batch, args.seq), key=mx.random.key(i))
+        mx.eval(batch)
+        tic = time.perf_counter()
+        loss, count = step(batch, lengths)
+        mx.eval(loss, count, state)
+        times.append(time.perf_counter() - tic)
+        tokens.append(count.item())
+    timed = range(args.warmup, args.steps)
+    return {"tokens_per_s": sum(tokens[i] for i in timed) / sum(times[i] for i in timed),
+            "first_step_s": times[0], "peak_mb": mx.get_peak_memory() / 2**20}
+
+
+def torch_peer(folder: Path, args, compile: bool) -> dict:
+    command = [sys.executable, str(ROOT / "bench/torch_peer.py"), str(folder), "--batch", str(args.batch),
+               "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--rank", str(args.rank), "--alpha", str(args.alpha), "--json",
+               "--device", "cuda" if gpu() else "cpu", "--dtype", "bf16" if gpu() else "fp32"]
+    if compile:
+        command += ["--compile", "--compile-budget", str(args.compile_budget)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout)[-500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def gpu() -> bool:
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.gpu
+
+
+def main() -> int:
+    args = parser.parse_args()
+    if args.quick:
+        args.model, args.batch, args.seq, args.steps, args.warmup = "tiny", 2, 64, 6, 2
+    home = args.home or Path(tempfile.mkdtemp(prefix="wb-gpu-bench-"))
+    os.environ["WORKBENCH_HOME"] = str(home)
+    if args.models:
+        os.environ["WORKBENCH_MODELS_PATH"] = str(args.models)
+    # A fresh kernel cache: the first job pays the compile, the second should not.
+    os.environ["MLX_PTX_CACHE_DIR"] = str(home / "cache" / "mlx-kernels")
+
+    import mlx.core as mx
+
+    from workbench.models.builder import builtin_spec, ensure_built
+    from workbench.models.resolver import ModelResolver
+    from workbench.settings import Settings
+    from workbench.training.manager import JobManager
+    from workbench.training.store import JobStore
+
+    settings = Settings()
+    spec = builtin_spec(args.model)
+    tic = time.perf_counter()
+    folder = ensure_built(spec, settings.models_dir) if spec else Path(args.model)
+    built_s = time.perf_counter() - tic
+    datasets = home / "datasets"
+    datasets.mkdir(parents=True, exist_ok=True)
+    with open(datasets / "gpu-bench.jsonl", "w") as out:
+        for item in corpus_rows(max(args.batch * 8, 64), chars=args.seq * 8):
+            out.write(json.dumps(item) + "\n")
+
+    store = JobStore(settings.home_dir / "workbench.db")
+    jobs = JobManager(settings, ModelResolver(settings), store)
+    first = job_figures(run_job(jobs, store, job_config("gpu-bench-1", str(folder), args), args.job_timeout),
+                        args.warmup)
+    second = job_figures(run_job(jobs, store, job_config("gpu-bench-2", str(folder), args), args.job_timeout),
+                         args.warmup)
+    jobs.close()
+    bare = bare_step(folder, args)
+    mx.clear_cache()  # give the GPU memory back before PyTorch's turn
+    peers = {} if args.skip_torch else {"eager": torch_peer(folder, args, False),
+                                        "compiled": torch_peer(folder, args, True)}
+
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; device {mx.default_device()} "
+          f"{mx.device_info().get('device_name', '')}; python {platform.python_version()}, mlx "
+          f"{version('mlx')}, mlx-cuda-13 {version('mlx-cuda-13')}, mlx_lm {version('mlx_lm')}, torch "
+          f"{version('torch')}, peft {version('peft')}")
+    print(f"model {folder} (built/found in {built_s:.0f} s); batch {args.batch} x {args.seq}, "
+          f"LoRA r{args.rank} on all projections, {args.steps} steps, first {args.warmup} left out; "
+          f"home {home}")
+    print(f"job policy: {json.dumps(first['policy'])}")
+    shape = f"b{args.batch} s{args.seq}"
+    rows = [
+        row(f"LoRA {shape} tokens/s: workbench job vs bare compiled MLX step",
+            f"{first['tokens_per_s']:,.0f}", f"{bare['tokens_per_s']:,.0f}",
+            first["tokens_per_s"] / bare["tokens_per_s"], ">= 0.95x",
+            first["tokens_per_s"] >= 0.95 * bare["tokens_per_s"]),
+        row(f"LoRA {shape} tokens/s: second job vs bare step", f"{second['tokens_per_s']:,.0f}",
+            f"{bare['tokens_per_s']:,.0f}", second["tokens_per_s"] / bare["tokens_per_s"]),
+        row("first step, job 1 (kernel cache cold)", f"{first['first_step_s']:.1f} s",
+            f"{bare['first_step_s']:.1f} s (bare, cache warm)"),
+        row("first step, job 2 (kernel cache warm)", f"{second['first_step_s']:.1f} s", "-", None, "< 10 s",
+            second["first_step_s"] < 10),
+        row("job start to step 1 metric, job 1 / job 2", f"{first['start_to_step_1']:.1f} s",
+            f"{second['start_to_step_1']:.1f} s"),
+        row("peak memory: job vs bare step", f"{first['peak_mb']:,.0f} MB", f"{bare['peak_mb']:,.0f} MB",
+            first["peak_mb"] / bare["peak_mb"]),
+    ]
+    for kind, peer in peers.items():
+        if peer.get("tokens_per_s"):
+            goal = ">= 3x" if kind == "eager" else "-"
+            ratio = first["tokens_per_s"] / peer["tokens_per_s"]
+            label = f"LoRA {shape} tokens/s: job vs PyTorch + PEFT {kind} ({peer.get('precision', '')})"
+            rows.append(row(label,
+                            f"{first['tokens_per_s']:,.0f}", f"{peer['tokens_per_s']:,.0f}", ratio, goal,
+                            ratio >= 3 if kind == "eager" else None))
+        else:
+            reason = peer.get("compile_error") or peer.get("error") or "no figure"
+            rows.append(row(f"PyTorch + PEFT {kind}", "-", " ".join(str(reason).split())[:80]))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""How training computes: the backend policy, QLoRA's just-in-time dequantized products, less padding."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.trainer import default_loss
+
+import workbench  # noqa: F401  (before mlx)
+from workbench.data import DataSpec, build
+from workbench.training import batching, policy
+from workbench.training.quantized import DequantizedEmbedding, DequantizedLinear, dequantize_products
+
+
+def test_the_cpu_policy_trains_in_fp32_through_blas_with_a_compiled_step():
+    chosen = policy.choose(memory_limit_mb=512, cache_limit_mb=0)
+    assert chosen.backend == "cpu"
+    assert chosen.compute_dtype == "float32"
+    assert chosen.quantized_products == "dequantize-to-fp32"
+    assert chosen.compiled_step is True
+    assert chosen.blas == "openblas"
+    assert chosen.as_dict()["memory_limit_mb"] == 512
+
+
+def test_prepare_casts_half_precision_weights_to_the_compute_dtype():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    model.update({"layers": [{"weight": layer.weight.astype(mx.bfloat16)} for layer in model.layers]})
+    policy.prepare(model, policy.choose())
+    assert {p.dtype for _, p in tree_flatten(model.parameters())} == {mx.float32}
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantized_products_match_mlx_quantized_layers_forward_and_backward(bits):
+    mx.random.seed(bits)
+    linear = nn.QuantizedLinear(128, 96, bias=True, bits=bits)
+    embedding = nn.QuantizedEmbedding(300, 128, bits=bits)
+    x = mx.random.normal((2, 7, 128))
+
+    def outputs():
+        return linear(x), embedding.as_linear(x), mx.grad(lambda v: (linear(v) ** 2).sum())(x)
+
+    expected = outputs()
+    stored = [p for _, p in tree_flatten(linear.parameters())]
+    assert dequantize_products(linear) == 1 and dequantize_products(embedding) == 1
+    assert isinstance(linear, DequantizedLinear) and isinstance(embedding, DequantizedEmbedding)
+    # Same packed parameters: checkpoints and adapters do not see the swap.
+    assert all(a is b for a, b in zip(stored, [p for _, p in tree_flatten(linear.parameters())]))
+    for got, want in zip(outputs(), expected):
+        assert mx.allclose(got, want, atol=1e-4).item()
+
+
+def test_lora_over_a_dequantized_base_still_fuses_with_mlx_lm():
+    base = nn.QuantizedLinear(64, 32, bits=4)
+    dequantize_products(base)
+    lora = LoRALinear.from_base(base, r=4)
+    lora.lora_b = mx.ones_like(lora.lora_b) * 0.01
+    x = mx.random.normal((3, 64))
+    fused = lora.fuse(dequantize=True)
+    assert mx.allclose(fused(x), lora(x), atol=1e-3).item()
+
+
+def test_a_qlora_loss_is_the_same_with_dequantized_products(tiny):
+    model, tokenizer = tiny
+    batch = mx.array([tokenizer.encode("The tiny model reads a short sentence about training.")] * 2)
+    lengths = mx.array([[1, batch.shape[1]]] * 2)
+    mx.random.seed(0)
+    quantized = type(model)(model.args)
+    quantized.update(model.parameters())
+    nn.quantize(quantized, group_size=64, bits=4)
+    native, _ = default_loss(quantized, batch, lengths)
+    dequantize_products(quantized)
+    fast, _ = default_loss(quantized, batch, lengths)
+    assert abs(native.item() - fast.item()) < 1e-3 * abs(native.item())
+
+
+def test_packing_puts_every_row_once_within_the_capacity():
+    lengths = [5, 90, 33, 64, 1, 100, 12, 50, 7, 70]
+    sequences = batching.pack(lengths, 128, np.random.default_rng(0).permutation(len(lengths)))
+    assert sorted(i for seq in sequences for i in seq) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in seq) <= 128 for seq in sequences)
+    assert len(sequences) < len(lengths) / 2  # it packs
+
+
+def test_a_row_packed_with_others_sees_only_itself(tiny):
+    model, tokenizer = tiny
+    rows = [tokenizer.encode(text) for text in (
+        "First sample: the cat sat on the mat.", "Second one, a little longer than the first sample is.",
+        "Third.")]
+    tokens = mx.array([sum(rows, [])])
+    segments = mx.array([[n for n, row in enumerate(rows, 1) for _ in row]])
+    packed = batching.packed_logits(model, tokens, segments)
+    at = 0
+    for row in rows:
+        alone = model(mx.array([row]))
+        assert mx.allclose(packed[:, at:at + len(row)], alone, atol=1e-4).item()
+        at += len(row)
+
+
+def _padding_share(data, **options) -> float:
+    stream = batching.batches(data.train, 8, 512, seed=0, **options)
+    seen = [next(stream) for _ in range(len(data.train) // 8)]
+    return 1 - sum(b.tokens for b in seen) / sum(b.positions for b in seen)
+
+
+def test_grouping_by_length_and_packing_cut_the_padding(settings, tiny):
+    _, tokenizer = tiny
+    data = build(DataSpec(dataset="alpaca", validation_split=0.0), tokenizer, settings)
+    ungrouped = _padding_share(data, group_by_length=False)
+    grouped = _padding_share(data, group_by_length=True)
+    packed = _padding_share(data, packing=True)
+    print(f"padding: ungrouped {ungrouped:.2f}, grouped {grouped:.2f}, packed {packed:.2f}")
+    # Grouped batches still round their width up to a multiple of 32 (as mlx-lm pads, to bound the
+    # number of compiled shapes), which on short rows leaves a floor of padding; packing fills rows.
+    assert grouped < 0.85 * ungrouped
+    assert packed < 0.1
