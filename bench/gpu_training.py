@@ -207,8 +207,9 @@ def main() -> int:
     jobs.close()
     bare = bare_step(folder, args)
     mx.clear_cache()  # give the GPU memory back before PyTorch's turn
-    peers = {} if args.skip_torch else {"eager": torch_peer(folder, args, False),
-                                        "compiled": torch_peer(folder, args, True)}
+    peers = {} if args.skip_torch else {"eager": torch_peer(folder, args, False)}
+    if not (args.skip_torch or args.quick):  # torch.compile alone takes minutes on a CPU
+        peers["compiled"] = torch_peer(folder, args, True)
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; device {mx.default_device()} "
           f"{mx.device_info().get('device_name', '')}; python {platform.python_version()}, mlx "
