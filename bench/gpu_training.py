@@ -48,6 +48,7 @@ parser.add_argument("--rank", type=int, default=8)
 parser.add_argument("--alpha", type=float, default=16.0)
 parser.add_argument("--compile-budget", type=float, default=300.0, help="seconds torch.compile may take")
 parser.add_argument("--skip-torch", action="store_true", help="no PyTorch + PEFT rows")
+parser.add_argument("--skip-torch-compile", action="store_true", help="no torch.compile row")
 parser.add_argument("--job-timeout", type=float, default=900.0)
 
 
@@ -208,7 +209,7 @@ def main() -> int:
     bare = bare_step(folder, args)
     mx.clear_cache()  # give the GPU memory back before PyTorch's turn
     peers = {} if args.skip_torch else {"eager": torch_peer(folder, args, False)}
-    if not (args.skip_torch or args.quick):  # torch.compile alone takes minutes on a CPU
+    if not (args.skip_torch or args.skip_torch_compile or args.quick):  # compiling alone takes minutes
         peers["compiled"] = torch_peer(folder, args, True)
 
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; device {mx.default_device()} "

@@ -117,3 +117,22 @@ def test_grouping_by_length_and_packing_cut_the_padding(settings, tiny):
     # number of compiled shapes), which on short rows leaves a floor of padding; packing fills rows.
     assert grouped < 0.85 * ungrouped
     assert packed < 0.1
+
+
+def test_bf16_lora_products_match_fp32_and_keep_fp32_weights_and_gradients():
+    from mlx_lm.tuner.lora import LoRALinear
+
+    mx.random.seed(1)
+    base = nn.Linear(64, 32, bias=False)
+    base.weight = base.weight.astype(mx.bfloat16)  # a bf16 base, as on a GPU
+    plain = LoRALinear.from_base(base, r=4)
+    plain.lora_b = mx.random.normal(plain.lora_b.shape) * 0.1
+    x = mx.random.normal((5, 64)).astype(mx.bfloat16)
+    expected = plain(x)
+    gpu_like = policy.ComputePolicy(**{**policy.choose().as_dict(), "lora_products": "bfloat16"})
+    assert policy.adapt_lora(plain, gpu_like) == 1
+    got = plain(x)
+    assert got.dtype == mx.bfloat16 and plain.lora_a.dtype == mx.float32
+    assert mx.abs(got.astype(mx.float32) - expected.astype(mx.float32)).max().item() < 0.1  # bf16 ulps
+    grads = nn.value_and_grad(plain, lambda m, v: m(v).astype(mx.float32).sum())(plain, x)[1]
+    assert grads["lora_b"].dtype == mx.float32

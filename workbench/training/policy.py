@@ -6,7 +6,9 @@ big) as it is. The choices come from measurements (DESIGN.md, decision 7; bench/
   A quantized base (QLoRA) keeps its packed weights but multiplies through BLAS after dequantizing
   each layer just in time (workbench/training/quantized.py): MLX's own quantized CPU matmul does
   about 3 GFLOP/s.
-- GPU: bf16, and MLX's own quantized kernels, which are fast there. CUDA compiles its kernels at run
+- GPU: bf16, and MLX's own quantized kernels, which are fast there. LoRA's weights stay fp32 for the
+  optimizer, but their products run in bf16 (as PyTorch's autocast does): in fp32 they would upcast
+  every layer input they touch. CUDA compiles its kernels at run
   time (72 s for a Qwen3-1.7B step): they are cached under the workbench home, so the next job
   starts warm.
 - Everywhere: the training step is compiled with `mx.compile`.
@@ -21,6 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
+from mlx_lm.tuner.lora import LoRALinear
 
 from workbench import blas
 from workbench.training.quantized import dequantize_products
@@ -35,6 +38,7 @@ class ComputePolicy:
     device: str
     compute_dtype: str  # dtype the base weights are cast to on load
     quantized_products: str  # "dequantize-to-fp32" (CPU) or "mlx-quantized-kernels" (GPU)
+    lora_products: str  # dtype LoRA's low-rank products run in (its weights stay fp32)
     compiled_step: bool
     blas: str | None  # the CPU BLAS MLX uses
     kernel_cache: str | None  # MLX_PTX_CACHE_DIR on CUDA
@@ -69,6 +73,7 @@ def choose(memory_limit_mb: int | None = None, cache_limit_mb: int | None = None
         device=str(info.get("device_name") or mx.default_device()),
         compute_dtype="bfloat16" if gpu else "float32",
         quantized_products="mlx-quantized-kernels" if gpu else "dequantize-to-fp32",
+        lora_products="bfloat16" if gpu else "float32",
         compiled_step=True,
         blas=None if gpu else blas.load_fast_blas().library,
         kernel_cache=os.environ.get("MLX_PTX_CACHE_DIR") if gpu else None,
@@ -93,3 +98,25 @@ def prepare(model: nn.Module, policy: ComputePolicy) -> int:
     if policy.quantized_products == "dequantize-to-fp32":
         return dequantize_products(model)
     return 0
+
+
+class ComputeDtypeLoRALinear(LoRALinear):
+    """mlx-lm's LoRA layer with its low-rank products in the input's dtype; the fp32 weights are cast
+    on the way in, so gradients and optimizer state stay fp32."""
+
+    def __call__(self, x):
+        y = self.linear(x)
+        z = (self.dropout(x) @ self.lora_a.astype(x.dtype)) @ self.lora_b.astype(x.dtype)
+        return y + (self.scale * z).astype(x.dtype)
+
+
+def adapt_lora(model: nn.Module, policy: ComputePolicy) -> int:
+    """After LoRA layers are in place: run their products in the policy's dtype. Returns how many."""
+    if policy.lora_products == "float32":
+        return 0  # fp32 inputs: mlx-lm's layer already computes in fp32
+    changed = 0
+    for _, module in model.named_modules():
+        if type(module) is LoRALinear:
+            module.__class__ = ComputeDtypeLoRALinear  # same parameters, different product
+            changed += 1
+    return changed

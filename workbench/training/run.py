@@ -81,6 +81,7 @@ class TrainingRun:
         else:
             model.freeze()
             linear_to_lora_layers(model, self._lora_layers(model), self._lora_parameters())
+            policy.adapt_lora(model, self.policy)
         if cfg.gradient_checkpointing:
             grad_checkpoint(model.layers[0])
         # Do the cast and quantization now, in the loading phase, not lazily inside step 1.
