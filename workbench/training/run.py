@@ -190,7 +190,8 @@ class TrainingRun:
                                     num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length)
                 model.train()
                 self.reporter.evaluation(step, {"eval_loss": float(val_loss)})
-                self.reporter.phase("training", f"training steps {step + 1} to {total}")
+                if step < total:
+                    self.reporter.phase("training", f"training steps {step + 1} to {total}")
             if step % cfg.save_every == 0 and step < total:
                 self.reporter.checkpoint(step, self._save(model, optimizer, step))
 
