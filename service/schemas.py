@@ -41,7 +41,11 @@ class HealthResponse(BaseModel):
 
 class StatusResponse(BaseModel):
     status: str
-    server_info: dict
+    server_info: dict = Field(
+        description="Versions, uptime, home, default model and loaded_models, each with its engine's "
+        "stats: requests, prompt_tokens, cached_prompt_tokens (taken from the prompt cache instead "
+        "of processed) and prompt_cache (max_entries, entries, bytes).",
+    )
     training_jobs: dict
     memory_usage: dict
 

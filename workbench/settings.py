@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     loaded_models: int = Field(
         default=2, ge=1, description="How many local models stay loaded for generation at once."
     )
+    prompt_cache_size: int = Field(
+        default=10,
+        ge=0,
+        description="KV caches of past requests kept per loaded model, so a request that repeats "
+        "a prefix (the history of a chat) skips processing it again; 0 turns prompt caching off.",
+    )
     fallback_order: list[str] | None = Field(
         default=None,
         description='Provider order for requests that name none, as JSON: ["openai", "local_mlx"]. '

@@ -146,3 +146,20 @@ def test_the_service_still_answers_after_bad_requests(api):
     api.post("/generate", json={"prompt": "Hi", "model": "nonexistent/model"})
     api.post("/generate", json={"prompt": ""})
     assert api.post("/generate", json={"prompt": "The sky is", "max_tokens": 5}).status_code == 200
+
+
+def test_the_next_chat_turn_is_served_from_the_prompt_cache_and_status_says_so(api):
+    def cached_tokens():
+        models = api.get("/status").json()["server_info"]["loaded_models"]
+        return sum(m["engine"]["cached_prompt_tokens"] for m in models)
+
+    history = [{"role": "user", "content": "What colour is grass? Please answer in a few words."}]
+    first = api.post("/generate", json={"messages": history, "temperature": 0, "max_tokens": 30}).json()
+    history += [{"role": "assistant", "content": first["generated_text"]},
+                {"role": "user", "content": "What colour is the sky?"}]
+    before = cached_tokens()
+
+    second = api.post("/generate", json={"messages": history, "temperature": 0, "max_tokens": 30})
+
+    assert second.status_code == 200 and second.json()["generated_text"]
+    assert cached_tokens() - before >= first["prompt_tokens"]

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 
 import pytest
 
@@ -88,3 +90,91 @@ def test_min_tokens_rules_out_an_empty_answer(engine):
         done = engine.generate(ask(engine, "What is the capital of France?", max_tokens=8, min_tokens=1,
                                    temperature=1.0))
         assert done.text != ""
+
+
+@pytest.fixture(scope="module")
+def uncached(tiny):
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer, prompt_cache_size=0)
+    yield engine
+    engine.close()
+
+
+def chat(engine, messages, **options):
+    tokens = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    return engine.generate(GenerationRequest(list(tokens), **{"max_tokens": 30, "min_tokens": 1} | options))
+
+
+def test_the_next_turn_of_a_chat_reuses_the_cached_history_and_answers_the_same(engine, uncached):
+    history = [{"role": "system", "content": "You answer questions about colours. " * 8},
+               {"role": "user", "content": "What colour is grass?"}]
+    first = chat(engine, history)
+    assert first.text == chat(uncached, history).text
+    history += [{"role": "assistant", "content": first.text},
+                {"role": "user", "content": "What colour is the sky?"}]
+    before = engine.stats()["cached_prompt_tokens"]
+
+    second = chat(engine, history)
+    plain = chat(uncached, history)
+
+    assert second.cached_tokens >= first.prompt_tokens  # the whole first turn came from the cache
+    assert engine.stats()["cached_prompt_tokens"] - before == second.cached_tokens
+    assert plain.cached_tokens == 0
+    assert second.text == plain.text
+    assert second.prompt_tokens == plain.prompt_tokens
+
+
+def test_continuing_a_completion_from_where_it_ended_processes_one_token(engine, uncached):
+    prompt = "Once upon a time"
+    first = engine.generate(ask(engine, prompt, max_tokens=8, min_tokens=8))
+    # The prompt and the answer are exactly what the cache holds: all but the last token is reused.
+    follow = ask(engine, prompt + first.text, max_tokens=8, min_tokens=8)
+
+    again = engine.generate(follow)
+
+    assert again.cached_tokens == len(follow.prompt_tokens) - 1
+    assert again.text == uncached.generate(follow).text
+
+
+def test_a_request_cut_by_a_stop_string_leaves_its_history_in_the_cache(engine, uncached):
+    prompt = "In the old harbour town the fishing boats"  # asked of `engine` nowhere else
+    full = uncached.generate(ask(uncached, prompt, max_tokens=12, min_tokens=12)).text
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = engine.generate(ask(engine, prompt, max_tokens=12, min_tokens=12, stop=(stop,)))
+    assert cut.finish_reason == "stop"
+
+    follow = engine.generate(ask(engine, prompt + cut.text + " Then", max_tokens=5))
+
+    assert follow.cached_tokens >= len(engine.tokenizer.encode(prompt))
+
+
+def test_stats_count_prompt_tokens_and_those_served_from_the_cache(engine, uncached):
+    request = ask(engine, "Water boils at", max_tokens=5)
+    engine.generate(request)
+    before = engine.stats()
+
+    engine.generate(request)
+    after = engine.stats()
+
+    assert after["requests"] == before["requests"] + 1
+    assert after["prompt_tokens"] == before["prompt_tokens"] + len(request.prompt_tokens)
+    assert after["cached_prompt_tokens"] == before["cached_prompt_tokens"] + len(request.prompt_tokens) - 1
+    assert 1 <= after["prompt_cache"]["entries"] <= after["prompt_cache"]["max_entries"] == 10
+    assert after["prompt_cache"]["bytes"] > 0
+    assert uncached.stats()["prompt_cache"] == {"max_entries": 0, "entries": 0, "bytes": 0}
+
+
+def test_a_process_that_used_the_engine_exits_cleanly(models_dir):
+    # MLX streams and arrays the engine thread made, left to the interpreter's exit, abort the
+    # process now and then ("terminate called without an active exception", exit code 134).
+    code = (
+        "import workbench, mlx_lm\n"
+        "from workbench.providers.engine import GenerationRequest, LocalEngine\n"
+        f"model, tokenizer = mlx_lm.load({models_dir + '/tiny'!r})\n"
+        "engine = LocalEngine(model, tokenizer)\n"
+        "engine.generate(GenerationRequest(tokenizer.encode('Hello'), max_tokens=3))\n"
+        "assert engine.stats()['prompt_cache']['entries'] == 1\n"
+        "engine.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -3,6 +3,10 @@
 Requests arrive through a queue and join the running batch (continuous batching), each with its
 own max_tokens, sampler and stop strings. `BatchGenerator` has no locks, so only the engine thread
 touches it and the model, as in `mlx_lm.server`.
+
+Prompt caching, also as in `mlx_lm.server`: the KV cache of every request that leaves the batch is
+kept in mlx-lm's `LRUPromptCache` under its tokens (prompt and answer), and a new request starts from
+the nearest cached prefix, so the next turn of a chat processes only what was added since.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from functools import lru_cache
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequences
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ class Completion:
     finish_reason: str  # "stop" (eos or a stop string), "length", or "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens taken from the prompt cache instead of processed
 
 
 class EngineClosed(RuntimeError):
@@ -54,6 +60,7 @@ class GenerationStream:
         self.result: Completion | None = None
         self._events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
+        self._quiet = False  # set by wait(): no one reads the pieces, so the engine keeps them
 
     def __iter__(self) -> Iterator[str]:
         while True:
@@ -67,6 +74,8 @@ class GenerationStream:
                 raise event
 
     def wait(self) -> Completion:
+        # Handing over each piece would wake this thread once per token to throw it away.
+        self._quiet = True
         for _ in self:
             pass
         assert self.result is not None
@@ -112,6 +121,7 @@ class _Active:
     stream: GenerationStream
     detokenizer: object
     stop_state: tuple | None
+    cached_tokens: int = 0
     parts: list[str] = field(default_factory=list)
     tokens: int = 0
     done: bool = False
@@ -120,24 +130,29 @@ class _Active:
     def emit(self, text: str) -> None:
         if text:
             self.parts.append(text)
-            self.stream._events.put(text)
+            if not self.stream._quiet:
+                self.stream._events.put(text)
 
     def finish(self, reason: str) -> None:
         self.done = True
         request = self.stream.request
         self.stream._events.put(
-            Completion("".join(self.parts), reason, len(request.prompt_tokens), self.tokens)
+            Completion("".join(self.parts), reason, len(request.prompt_tokens), self.tokens,
+                       self.cached_tokens)
         )
 
 
 class LocalEngine:
-    def __init__(self, model, tokenizer, *, max_batch: int = 32):
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, prompt_cache_size: int = 10):
         self.model = model
         self.tokenizer = tokenizer
         self._max_batch = max_batch
         self._inbox: queue.Queue[GenerationStream | None] = queue.Queue()
         self._closed = False
         self._eos_only = make_stop_sequences(tokenizer)
+        # Only the engine thread reads or changes the prompt cache; 0 entries turns it off.
+        self._prompt_cache = LRUPromptCache(max_size=prompt_cache_size) if prompt_cache_size > 0 else None
+        self._counts = {"requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0}
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self._thread.start()
 
@@ -150,6 +165,17 @@ class LocalEngine:
 
     def generate(self, request: GenerationRequest) -> Completion:
         return self.submit(request).wait()
+
+    def stats(self) -> dict:
+        """Requests served, and how many of their prompt tokens came from the prompt cache."""
+        counts = dict(self._counts)
+        cache = self._prompt_cache
+        counts["prompt_cache"] = {
+            "max_entries": cache.max_size if cache else 0,
+            "entries": len(cache) if cache else 0,
+            "bytes": cache.nbytes if cache else 0,
+        }
+        return counts
 
     def close(self) -> None:
         self._closed = True
@@ -190,10 +216,14 @@ class LocalEngine:
         for entry in active.values():
             entry.stream._events.put(EngineClosed("the engine was closed"))
         generator.close()
-        # Free, while this thread and its stream still exist, the arrays the batch made on it:
-        # left to the interpreter's final collection they abort the process (std::terminate).
+        # Free, while this thread and its stream still exist, the arrays the batch and the prompt
+        # cache made on it, then the thread's streams: left to the interpreter's exit they abort the
+        # process now and then (std::terminate); MLX asks each thread to call clear_streams.
+        if self._prompt_cache is not None:
+            self._prompt_cache.trim_to(n_sequences=0)
         del generator, active
         gc.collect()
+        mx.clear_streams()
 
     def _admit(self, generator: BatchGenerator, active: dict[int, _Active], block: bool) -> bool:
         """Move waiting requests into the batch; False once the engine is told to close."""
@@ -213,29 +243,66 @@ class LocalEngine:
             if stream is None:
                 return False
             block = False
-            forbid_eos = stream.request.min_tokens > 1
+            request = stream.request
+            forbid_eos = request.min_tokens > 1
             try:
-                uid = self._insert(generator, stream.request, forbid_eos)
+                uid, cached = self._insert(generator, request, forbid_eos)
             except Exception as exc:
                 stream._events.put(exc)
                 continue
-            active[uid] = self._track(stream, forbid_eos)
+            active[uid] = self._track(stream, forbid_eos, cached)
+            self._counts["requests"] += 1
+            self._counts["prompt_tokens"] += len(request.prompt_tokens)
+            self._counts["cached_prompt_tokens"] += cached
 
-    def _insert(self, generator: BatchGenerator, request: GenerationRequest, forbid_eos: bool) -> int:
+    def _insert(self, generator: BatchGenerator, request: GenerationRequest,
+                forbid_eos: bool) -> tuple[int, int]:
+        """Add a request to the batch; its uid and how many prompt tokens the cache supplied."""
+        prompt = request.prompt_tokens
+        if not prompt:
+            raise ValueError("empty prompt: nothing to continue")
+        cache, rest = self._cached_prefix(prompt)
         sampler = _sampler(request.temperature, request.top_p)
         processors = []
         if forbid_eos:
             processors.append(_forbid_eos(self.tokenizer.eos_token_ids, request.min_tokens))
+        cached = len(prompt) - len(rest)
         (uid,) = generator.insert(
-            [request.prompt_tokens],
+            [rest],
             max_tokens=[request.max_tokens],
+            caches=[cache],
+            all_tokens=[prompt[:cached]],
             samplers=[sampler],
             logits_processors=[processors],
             stop_sequences=[self._eos_only],
         )
-        return uid
+        return uid, cached
 
-    def _track(self, stream: GenerationStream, eos_forbidden: bool) -> _Active:
+    def _cached_prefix(self, prompt: list[int]) -> tuple[list | None, list[int]]:
+        """The KV cache of the longest cached prefix of `prompt` (a copy), and the tokens after it."""
+        if self._prompt_cache is None:
+            return None, prompt
+        cache, rest = self._prompt_cache.fetch_nearest_cache(None, prompt)
+        if cache is not None and not rest:
+            # The whole prompt is cached, but generation starts by feeding its last token: step
+            # the cache back by one (a cache that cannot be trimmed is not used).
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, 1)
+                rest = prompt[-1:]
+            else:
+                cache, rest = None, prompt
+        return cache, rest
+
+    def _keep_cache(self, tokens: list[int] | None, cache: list | None) -> None:
+        """Remember the KV cache of a request that left the batch, under the tokens it holds."""
+        if self._prompt_cache is None or not tokens or not cache:
+            return
+        # Copy it out now (without waiting for it): the cache is a slice of the batch's arrays, and
+        # left lazy it would keep the whole batch's KV memory alive while it stays in the cache.
+        mx.async_eval([c.state for c in cache])
+        self._prompt_cache.insert_cache(None, list(tokens), cache)
+
+    def _track(self, stream: GenerationStream, eos_forbidden: bool, cached: int) -> _Active:
         detokenizer = self.tokenizer.detokenizer
         # Continue from the prompt's last token: a fresh detokenizer drops the leading space of
         # its first piece, which would glue a completion onto its prompt ("The sky isblue").
@@ -248,11 +315,13 @@ class LocalEngine:
             # text that might begin a stop is held back until it is known not to.
             machine = TextStateMachine({"normal": [(s, None) for s in stream.request.stop]})
             stop_state = machine.make_state()
-        return _Active(stream, detokenizer, stop_state, eos_forbidden=eos_forbidden)
+        return _Active(stream, detokenizer, stop_state, eos_forbidden=eos_forbidden, cached_tokens=cached)
 
     def _deliver(self, generator: BatchGenerator, responses, active: dict[int, _Active]) -> list[int]:
         finished = []
         for r in responses:
+            if r.finish_reason is not None:
+                self._keep_cache(r.all_tokens, r.prompt_cache)
             entry = active[r.uid]
             request = entry.stream.request
             first_is_eos = r.finish_reason == "stop" and entry.tokens == 0
@@ -262,7 +331,8 @@ class LocalEngine:
                 # request pay for a logits processor (it moves the batch onto a per-row path).
                 del active[r.uid]
                 entry.eos_forbidden = True
-                active[self._insert(generator, request, forbid_eos=True)] = entry
+                uid, _ = self._insert(generator, request, forbid_eos=True)
+                active[uid] = entry
                 continue
             entry.tokens += 1
             if r.finish_reason != "stop":  # the eos token itself is not text
@@ -294,5 +364,9 @@ class LocalEngine:
             if not entry.done:
                 entry.finish("cancelled")
         if uids:
-            # Those that ended by eos or length have left the batch already; remove is a no-op there.
-            generator.remove(uids)
+            # Those that ended by eos or length have left the batch already (their caches were kept
+            # as they finished); remove is a no-op there. The others' caches are kept here.
+            with mx.stream(generator.stream):
+                caches = generator.remove(uids, return_prompt_caches=self._prompt_cache is not None)
+                for cache, tokens in caches.values():
+                    self._keep_cache(tokens, cache)

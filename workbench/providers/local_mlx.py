@@ -108,9 +108,8 @@ class LocalMLX:
                 raise InputError("model", f"{name!r} could not be loaded: {exc}") from None
             if cached is not None:
                 cached.engine.close()
-            loaded = LoadedModel(
-                resolved, LocalEngine(model, tokenizer), config.get("max_position_embeddings", 4096)
-            )
+            engine = LocalEngine(model, tokenizer, prompt_cache_size=self.settings.prompt_cache_size)
+            loaded = LoadedModel(resolved, engine, config.get("max_position_embeddings", 4096))
             self._loaded[name] = loaded
             while len(self._loaded) > self.settings.loaded_models:
                 _, evicted = self._loaded.popitem(last=False)
@@ -127,7 +126,7 @@ class LocalMLX:
     def loaded_models(self) -> list[dict]:
         return [
             {"name": m.resolved.name, "path": m.resolved.path, "source": m.resolved.source,
-             "adapter_path": m.resolved.adapter_path}
+             "adapter_path": m.resolved.adapter_path, "engine": m.engine.stats()}
             for m in self._loaded.values()
         ]
 
