@@ -15,7 +15,8 @@ def test_generation_benchmark_runs_and_prints_its_table(models_dir):
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    for measure in ("generate p50", "concurrent vs 1 single", "matmul"):
+    for measure in ("generate p50", "concurrent vs 1 single", "matmul", "16 concurrent chat clients",
+                    "decode tok/s at batch 1", "prompt cache on vs off"):
         assert measure in done.stdout
 
 
@@ -26,5 +27,6 @@ def test_training_benchmark_runs_and_prints_its_table(models_dir):
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for measure in ("tokens/s", "time to first step"):
+    for measure in ("tokens/s", "time to first step", "full rows", "QLoRA int4", "QLoRA int8", "BLAS bound",
+                    "useful tokens/s", "packing true"):
         assert measure in done.stdout
