@@ -210,7 +210,7 @@ def run_peft(folder: str | Path, batches: Sequence, steps: int, warmup: int = 3,
     tokens_per_s is the total of steps warmup+1..steps: their trained tokens over their summed time.
     With compile, a compile that fails, or warm-up steps (where it compiles) that outlast
     compile_budget_s, ends the run early: the result's compile_error says so and tokens_per_s is None.
-    `on_step` gets each step's {"step", "loss", "seconds", "tokens"} as it ends."""
+    `on_step` gets each step's {"step", "loss", "seconds", "tokens", "other_cpus"} as it ends."""
     if steps <= warmup:
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup}): no step would be timed")
     if dtype not in ("fp32", "bf16"):
@@ -286,7 +286,8 @@ def run_peft(folder: str | Path, batches: Sequence, steps: int, warmup: int = 3,
         losses.append(loss.item())
         tokens.append(count)
         if on_step:
-            on_step({"step": i + 1, "loss": losses[-1], "seconds": seconds[-1], "tokens": count})
+            on_step({"step": i + 1, "loss": losses[-1], "seconds": seconds[-1], "tokens": count,
+                     "other_cpus": others[-1] / seconds[-1] if busy is not None else None})
 
     # torch.compile compiles in the first step (and recompiles in the next if shapes change): the
     # budget covers the warm-up steps, at least one, and a failure there is the compiler's.
@@ -391,7 +392,8 @@ def main() -> int:
     transformers.utils.logging.disable_progress_bar()  # a weight-loading bar says nothing a table needs
 
     def progress(step: dict) -> None:
-        print(f"step {step['step']}/{args.steps}: loss {step['loss']:.4f}, {step['seconds']:.3f} s",
+        others = "" if step["other_cpus"] is None else f" (other processes: {step['other_cpus']:.2f} CPUs)"
+        print(f"step {step['step']}/{args.steps}: loss {step['loss']:.4f}, {step['seconds']:.3f} s{others}",
               file=sys.stderr, flush=True)
 
     result = run_peft(args.model, batches, args.steps, args.warmup, args.rank, args.alpha, args.lr, dtype,
