@@ -10,11 +10,14 @@ every layer, AdamW at a constant 1e-4, no clipping, batch 4 x 512 full-length ro
    job store, as under the service), with a fresh kernel cache under its home: steady tokens/s, and
    the first step's time (CUDA kernels compiled at run time).
 2. A second job, same settings: its first step, now with the kernel cache warm.
-3. The bare compiled MLX step in this process: mlx-lm's LoRA layers and loss, `mx.compile` of
-   value_and_grad + AdamW update, on random batches of the same shape.
+3. The bare compiled MLX step in this process: mlx-lm's LoRA layers and loss under the job's compute
+   policy (same dtype, same LoRA products), `mx.compile` of value_and_grad + AdamW update, on random
+   batches of the same shape: what the job would cost with nothing around it.
 4. PyTorch + PEFT on the same folder (bench/torch_peer.py, in its own process): eager, and compiled
    with `torch.compile` if that compiles within --compile-budget seconds.
-Tokens are the trained (non-padding target) tokens, counted the same way on every side.
+Tokens are the trained (non-padding target) tokens, counted the same way on every side. Tokens/s is
+given twice: over all timed steps (total tokens / total time) and at the median step, which a single
+slow step on a shared machine does not move.
 """
 
 from __future__ import annotations
@@ -95,13 +98,18 @@ def run_job(jobs, store, config, timeout: float) -> dict:
     return {"job": job, "steps": metrics, "start_to_step_1": step_one - job["started_at"]}
 
 
+def speed(tokens: list[int], seconds: list[float], warmup: int) -> dict:
+    """Tokens/s over the steps after warm-up: in total, and at the median step."""
+    rates = sorted(t / s for t, s in zip(tokens[warmup:], seconds[warmup:]))
+    return {"tokens_per_s": sum(tokens[warmup:]) / sum(seconds[warmup:]),
+            "median_tokens_per_s": rates[len(rates) // 2], "first_step_s": seconds[0]}
+
+
 def job_figures(result: dict, warmup: int) -> dict:
     steps = result["steps"]
     seconds = [m["tokens"] / m["tokens_per_s"] for m in steps]
-    timed = range(warmup, len(steps))
     return {
-        "tokens_per_s": sum(steps[i]["tokens"] for i in timed) / sum(seconds[i] for i in timed),
-        "first_step_s": seconds[0],
+        **speed([m["tokens"] for m in steps], seconds, warmup),
         "start_to_step_1": result["start_to_step_1"],
         "peak_mb": max(m["peak_memory_mb"] for m in steps),
         "policy": result["job"]["policy"],
@@ -109,7 +117,8 @@ def job_figures(result: dict, warmup: int) -> dict:
 
 
 def bare_step(folder: Path, args) -> dict:
-    """mlx-lm's LoRA layers and loss under one compiled step, nothing else around it."""
+    """mlx-lm's LoRA layers and loss under one compiled step, with the job's compute policy (dtype and
+    LoRA products) and nothing else around it."""
     from functools import partial
 
     import mlx.core as mx
@@ -119,10 +128,16 @@ def bare_step(folder: Path, args) -> dict:
     from mlx_lm.tuner.trainer import default_loss
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
+    from workbench.training import policy
+
+    chosen = policy.choose()
     model, _ = mlx_lm.load(str(folder))
+    policy.prepare(model, chosen)
     model.freeze()
     linear_to_lora_layers(model, len(model.layers), {"rank": args.rank, "scale": args.alpha / args.rank,
                                                       "dropout": 0.0})
+    policy.adapt_lora(model, chosen)
+    mx.eval(model.parameters())
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, default_loss)
     state = [model.state, optimizer.state]
@@ -145,9 +160,7 @@ def bare_step(folder: Path, args) -> dict:
         mx.eval(loss, count, state)
         times.append(time.perf_counter() - tic)
         tokens.append(count.item())
-    timed = range(args.warmup, args.steps)
-    return {"tokens_per_s": sum(tokens[i] for i in timed) / sum(times[i] for i in timed),
-            "first_step_s": times[0], "peak_mb": mx.get_peak_memory() / 2**20}
+    return {**speed(tokens, times, args.warmup), "peak_mb": mx.get_peak_memory() / 2**20}
 
 
 def torch_peer(folder: Path, args, compile: bool) -> dict:
@@ -228,6 +241,12 @@ def main() -> int:
             first["tokens_per_s"] >= 0.95 * bare["tokens_per_s"]),
         row(f"LoRA {shape} tokens/s: second job vs bare step", f"{second['tokens_per_s']:,.0f}",
             f"{bare['tokens_per_s']:,.0f}", second["tokens_per_s"] / bare["tokens_per_s"]),
+    ]
+    for label, job in (("job 1", first), ("job 2", second)):
+        rows.append(row(f"LoRA {shape} median-step tokens/s: {label} vs bare step",
+                        f"{job['median_tokens_per_s']:,.0f}", f"{bare['median_tokens_per_s']:,.0f}",
+                        job["median_tokens_per_s"] / bare["median_tokens_per_s"]))
+    rows += [
         row("first step, job 1 (kernel cache cold)", f"{first['first_step_s']:.1f} s",
             f"{bare['first_step_s']:.1f} s (bare, cache warm)"),
         row("first step, job 2 (kernel cache warm)", f"{second['first_step_s']:.1f} s", "-", None, "< 10 s",
@@ -245,6 +264,10 @@ def main() -> int:
             rows.append(row(label,
                             f"{first['tokens_per_s']:,.0f}", f"{peer['tokens_per_s']:,.0f}", ratio, goal,
                             ratio >= 3 if kind == "eager" else None))
+            if peer.get("tokens_per_s_median"):
+                rows.append(row(f"LoRA {shape} median-step tokens/s: job 1 vs PyTorch + PEFT {kind}",
+                                f"{first['median_tokens_per_s']:,.0f}", f"{peer['tokens_per_s_median']:,.0f}",
+                                first["median_tokens_per_s"] / peer["tokens_per_s_median"]))
         else:
             reason = peer.get("compile_error") or peer.get("error") or "no figure"
             rows.append(row(f"PyTorch + PEFT {kind}", "-", " ".join(str(reason).split())[:80]))
