@@ -3,8 +3,9 @@
 MLX's quantized matmul does about 3 GFLOP/s on the CPU, against hundreds for an fp32 BLAS product,
 so a QLoRA step over a quantized base crawled (0.03x of fp32 LoRA). Here the base stays quantized in
 memory, and each product dequantizes its layer's weight just in time and multiplies in fp32. The
-backward pass dequantizes again instead of keeping the fp32 weight alive from the forward pass, so at
-most a layer or two exist in fp32 at once and memory stays near the quantized model's.
+backward pass dequantizes again instead of keeping the fp32 weight alive from the forward pass, and a
+large matrix (a tied output head over a big vocabulary) is dequantized a block of rows at a time, so
+only a few blocks exist in fp32 at once and memory stays near the quantized model's.
 
 The layers are subclasses of mlx's own quantized layers with the same parameters, so checkpoints,
 adapters and mlx-lm's `fuse` see exactly what they would see without the swap.
@@ -34,21 +35,48 @@ def dequantize(wq: mx.array, scales: mx.array, biases: mx.array, group_size: int
     return (values * scales[..., None] + biases[..., None]).reshape(rows, -1)
 
 
+# Rows of a weight dequantized at once are capped at this many elements (16 MB in fp32). Qwen3-0.6B's
+# tied head (151,936 x 1,024) dequantized whole took 0.6 GB per copy, and its transients lifted QLoRA's
+# peak memory above fp32 LoRA's; the projections (3M to 13M elements) stay one block.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(rows: int, columns: int) -> list[tuple[int, int]]:
+    step = max(1, min(rows, _BLOCK_ELEMENTS // max(columns, 1)))
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
 @cache
 def _product(group_size: int, bits: int):
-    """x @ W.T for a quantized W, with a backward pass that dequantizes W again (nothing kept)."""
+    """x @ W.T for a quantized W, block of rows by block, with a backward pass that dequantizes W
+    again (nothing kept)."""
 
-    def weight(wq, scales, biases, dtype):
-        return dequantize(wq, scales, biases, group_size, bits).astype(dtype)
+    def weight(wq, scales, biases, rows: tuple[int, int], after: mx.array, dtype) -> mx.array:
+        """One block's fp weight, dequantized only once `after` (the last result) exists.
+
+        The dependency is what makes it just in time: a dequantization depends on nothing computed,
+        so MLX may otherwise run them all before the first product (every block alive at once), and
+        mx.compile would merge the backward pass's dequantization with the forward's (every layer's
+        fp32 weight kept until the backward pass: QLoRA's peak memory was above fp32 LoRA's)."""
+        start, stop = rows
+        q, s, b = mx.depends([wq[start:stop], scales[start:stop], biases[start:stop]], [after])
+        return dequantize(q, s, b, group_size, bits).astype(dtype)
 
     @mx.custom_function
     def product(x, wq, scales, biases):
-        return x @ weight(wq, scales, biases, x.dtype).T
+        parts = [x]
+        for rows in _row_blocks(wq.shape[0], x.shape[-1]):
+            parts.append(x @ weight(wq, scales, biases, rows, parts[-1], x.dtype).T)
+        return parts[1] if len(parts) == 2 else mx.concatenate(parts[1:], axis=-1)
 
     @product.vjp
     def product_vjp(primals, cotangent, output):
         x, wq, scales, biases = primals
-        dx = cotangent @ weight(wq, scales, biases, cotangent.dtype)
+        dx = None
+        for start, stop in _row_blocks(wq.shape[0], x.shape[-1]):
+            w = weight(wq, scales, biases, (start, stop), cotangent if dx is None else dx, cotangent.dtype)
+            part = cotangent[..., start:stop] @ w
+            dx = part if dx is None else dx + part
         # The base is frozen: its cotangents are never evaluated, only their shapes are needed.
         return dx, mx.zeros_like(wq), mx.zeros_like(scales), mx.zeros_like(biases)
 
