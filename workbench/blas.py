@@ -3,6 +3,13 @@
 The Linux `mlx[cpu]` wheel links the netlib reference BLAS (an fp32 2048^2 matmul: about 8 GFLOP/s
 on the project's machines). Loading OpenBLAS with RTLD_GLOBAL first makes MLX's `cblas_sgemm`
 resolve to it (about 250 GFLOP/s). See DESIGN.md, decision 7.
+
+OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names a core. A
+platform may set that variable for every program (the project's machines set Haswell, AVX2 kernels):
+on their AVX-512 CPUs the detected kernels (Cooperlake) ran an fp32 matmul at 440 GFLOP/s against 240.
+So MLX's OpenBLAS picks its own kernels unless WORKBENCH_BLAS_CORETYPE says otherwise: `inherit`
+keeps OPENBLAS_CORETYPE, a core name (Haswell, SkylakeX...) forces one, e.g. where detection fails.
+The variable is put back as it was once the library has loaded, for every other program and library.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import os
 import platform
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 log = logging.getLogger(__name__)
@@ -30,8 +38,9 @@ _CANDIDATES = (
 class BlasInfo:
     library: str  # "openblas", "accelerate" or "reference"
     path: str | None
-    detail: str
+    detail: str  # OpenBLAS's own configuration line, which names the core it runs
     fast: bool
+    coretype: str = "auto"  # WORKBENCH_BLAS_CORETYPE: auto, inherit or a core name
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +61,23 @@ def _find_openblas() -> str | None:
     return ctypes.util.find_library("openblas")
 
 
+@contextmanager
+def _openblas_coretype(coretype: str):
+    """OPENBLAS_CORETYPE as `coretype` asks while OpenBLAS loads (it reads it then), restored after."""
+    inherited = os.environ.get("OPENBLAS_CORETYPE")
+    if coretype == "auto":
+        os.environ.pop("OPENBLAS_CORETYPE", None)
+    elif coretype != "inherit":
+        os.environ["OPENBLAS_CORETYPE"] = coretype
+    try:
+        yield
+    finally:
+        if inherited is None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = inherited
+
+
 def load_fast_blas() -> BlasInfo:
     """Load OpenBLAS globally if it can still take effect; remember and return what is active."""
     global _active
@@ -67,11 +93,13 @@ def load_fast_blas() -> BlasInfo:
         if path is None:
             _active = BlasInfo("reference", None, "no OpenBLAS found on this machine", False)
         else:
+            coretype = os.environ.get("WORKBENCH_BLAS_CORETYPE", "auto")
             try:
-                lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                with _openblas_coretype(coretype):
+                    lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
                 config = lib.openblas_get_config
                 config.restype = ctypes.c_char_p
-                _active = BlasInfo("openblas", path, config().decode(), True)
+                _active = BlasInfo("openblas", path, config().decode(), True, coretype)
             except (OSError, AttributeError) as exc:
                 _active = BlasInfo("reference", None, f"could not load {path}: {exc}", False)
     if not _active.fast:
