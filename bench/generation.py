@@ -19,7 +19,6 @@ import gc
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from table import print_table, row, version
 # Must come before mlx.core: importing the workbench puts the system OpenBLAS under MLX, which
 # only works while MLX is not yet loaded (workbench/blas.py).
 import workbench
-from service.launch import free_port, service_process
+from service.launch import free_port, http_process, service_process
 from workbench.blas import load_fast_blas
 from workbench.models.builder import BuildSpec, builtin_spec, ensure_built
 from workbench.models.shapes import REAL_SHAPES
@@ -193,28 +192,8 @@ def mlx_lm_server(folder: Path, log_path: Path, timeout: float):
     code = ("import workbench, http.server; http.server.ThreadingHTTPServer.request_queue_size = 64; "
             "from mlx_lm import server; server.main()")
     command = [sys.executable, "-c", code, "--model", str(folder), "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlx_lm.server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with http_process(command, port, {"HF_HUB_OFFLINE": "1"}, log_path, timeout, "mlx_lm.server") as peer:
+        yield peer
 
 
 def mapped_blas(pid: int) -> str:

@@ -29,6 +29,15 @@ def service_process(env: dict[str, str], log_path: Path, timeout: float = 60.0) 
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "service.main:app",
                "--host", "127.0.0.1", "--port", str(port)]
+    with http_process(command, port, env, log_path, timeout, "service") as (url, _):
+        yield url
+
+
+@contextmanager
+def http_process(command: list[str], port: int, env: dict[str, str], log_path: Path, timeout: float,
+                 name: str) -> Iterator[tuple[str, int]]:
+    """Run `command` (an HTTP server on `port` with a /health route); yield its URL and pid once
+    /health answers; stop it on exit. Also starts the peers that benchmarks measure against."""
     with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the server
         proc = subprocess.Popen(command, env=os.environ | env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -36,11 +45,11 @@ def service_process(env: dict[str, str], log_path: Path, timeout: float = 60.0) 
         deadline = time.monotonic() + timeout
         while not _answers(url):
             if proc.poll() is not None:
-                raise RuntimeError(f"service exited with {proc.returncode}:\n{_tail(log_path)}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"service did not answer within {timeout:.0f} s:\n{_tail(log_path)}")
+                raise TimeoutError(f"{name} did not answer within {timeout:.0f} s:\n{_tail(log_path)}")
             time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
