@@ -26,6 +26,24 @@ def test_the_cpu_policy_trains_in_fp32_through_blas_with_a_compiled_step():
     assert chosen.as_dict()["memory_limit_mb"] == 512
 
 
+def test_on_the_cpu_a_step_s_freed_buffers_are_kept_for_the_next_step():
+    chosen = policy.choose(memory_limit_mb=4096)
+    assert chosen.cache_limit_mb == 4096  # MLX's CPU default, 32 MB, let every large array go
+    assert policy.choose().cache_limit_mb > 1024  # the machine's memory
+    previous_memory, previous_cache = mx.set_memory_limit(4096 << 20), mx.set_cache_limit(0)
+    try:
+        policy.apply_limits(chosen)
+        logits = mx.ones((255, 65_536)) * 2  # 64 MB, like one step's logits
+        logits_bytes = logits.nbytes
+        mx.eval(logits)
+        del logits
+        assert mx.get_cache_memory() >= logits_bytes
+    finally:
+        mx.set_memory_limit(previous_memory)
+        mx.set_cache_limit(previous_cache)
+        mx.clear_cache()
+
+
 def test_prepare_casts_half_precision_weights_to_the_compute_dtype():
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
     model.update({"layers": [{"weight": layer.weight.astype(mx.bfloat16)} for layer in model.layers]})
