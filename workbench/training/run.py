@@ -86,6 +86,9 @@ class TrainingRun:
             grad_checkpoint(model.layers[0])
         # Do the cast and quantization now, in the loading phase, not lazily inside step 1.
         mx.eval(model.parameters())
+        # The weights replaced by the cast or the quantization went to MLX's cache, which the CPU
+        # policy lets grow to the memory limit: give them back, or QLoRA would hold the fp32 model.
+        mx.clear_cache()
         return model, tokenizer
 
     def _lora_layers(self, model) -> int:
