@@ -20,7 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.tuner.datasets import CacheDataset
-from mlx_lm.tuner.trainer import default_loss, iterate_batches
+from mlx_lm.tuner.trainer import iterate_batches
 
 from workbench.errors import InputError
 
@@ -62,10 +62,6 @@ def batches(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: i
     view = _ByTokenCount(dataset, group_by_length)
     for batch, lengths in iterate_batches(view, batch_size, max_seq_length, loop=True, seed=seed):
         yield Batch((batch, lengths), int(lengths[:, 1].sum().item()), batch.size)
-
-
-def loss_function(packing: bool):
-    return packed_loss if packing else default_loss
 
 
 # Packing ----------------------------------------------------------------------------------------
@@ -151,11 +147,3 @@ def segment_mask(segments: mx.array) -> mx.array:
 def packed_logits(model: nn.Module, tokens: mx.array, segments: mx.array) -> mx.array:
     mask = SegmentMask(segment_mask(segments))
     return model(tokens, cache=[mask] * len(model.layers))
-
-
-def packed_loss(model: nn.Module, tokens: mx.array, segments: mx.array, trained: mx.array):
-    logits = packed_logits(model, tokens[:, :-1], segments[:, :-1])
-    weights = trained[:, 1:]
-    ce = nn.losses.cross_entropy(logits, tokens[:, 1:]) * weights
-    count = weights.sum()
-    return ce.astype(mx.float32).sum() / count, count

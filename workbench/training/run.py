@@ -24,7 +24,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from workbench.data import DataSpec, build
 from workbench.errors import InputError
-from workbench.training import batching, checkpoint, policy
+from workbench.training import batching, checkpoint, losses, policy
 from workbench.training.config import TrainingConfig
 
 _MB = 1024 * 1024
@@ -208,7 +208,7 @@ class TrainingRun:
         """The compiled micro-step, shaped as mlx-lm's own: gradients add up over micro-batches and
         the optimizer updates on the last one (gradients clipped to `max_grad_norm`)."""
         cfg = self.config
-        loss_and_grad = nn.value_and_grad(model, batching.loss_function(cfg.packing))
+        loss_and_grad = nn.value_and_grad(model, losses.loss_function(cfg.packing, self.policy.fast_exp))
         state = [model.state, optimizer.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
