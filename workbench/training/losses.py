@@ -3,10 +3,12 @@
 
 MLX's CPU backend on x86-64 computes `exp` one element at a time: 8.7 ns a float here against 1.6 ns
 for numpy. The loss over a large vocabulary is mostly exponentials (Qwen3: 151,936 a token, twice,
-for the log-sum-exp and its gradient): 0.4 s of a 3.4 s Qwen3-0.6B step. `exp` composed of MLX's
-own vectorised arithmetic (range reduction to 2^n * e^r, a degree-7 polynomial for e^r, 2^n
-written into the float's exponent bits) ran 3.7 to 4.8x faster, within 3e-6 of `mx.exp`, and its
-gradient reuses its output instead of computing `exp` again: the step took 11 to 20% less time.
+for the log-sum-exp and its gradient): 0.4 s of a 3.4 s Qwen3-0.6B step. The loss only needs e^x
+for x <= 0 (logits minus their maximum), which plain arithmetic gives: e^x = (e^(x/64))^64, a
+degree-8 polynomial fitted to e^y on [-1.37, 0] and six squarings. Being multiplications and
+additions only, MLX's compiler fuses it into one vectorised kernel: 2x faster than `mx.exp` with no
+array in between (a version that wrote 2^n into the exponent bits was as fast but broke the fusion
+and kept four logits-sized arrays alive), within 1e-5 of it; its gradient reuses its output.
 The compute policy chooses it (x86-64 CPUs only); elsewhere mlx-lm's loss runs unchanged.
 """
 
@@ -20,24 +22,22 @@ from mlx_lm.tuner.trainer import default_loss
 
 from workbench.training.batching import packed_logits
 
-_LOG2E = 1.4426950408889634
-_LN2_HIGH, _LN2_LOW = 0.693359375, -2.12194440e-4  # ln 2 split so that n * high is exact
-# e^r - 1 - r = r^2 * P(r) on |r| <= ln(2) / 2 (Cephes' expf coefficients, highest first)
-_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-      5.0000001201e-1)
+# e^y on [-87.3 / 64, 0], fitted at Chebyshev nodes (relative error 7e-10 before float32 rounding),
+# constant term first.
+_P = (1.0, 1.0, 0.4999995529651642, 0.16666336357593536, 0.04165399819612503, 0.008305853232741356,
+      0.0013534176396206021, 0.00017104146536439657, 1.2692835298366845e-05)
 
 
 @mx.custom_function
 def exp(x: mx.array) -> mx.array:
-    """e^x in float32; arguments below -87.3 give about 1e-38 rather than 0, above 88.7 about 3e38."""
-    x = mx.clip(x, -87.3, 88.7)
-    n = mx.floor(x * _LOG2E + 0.5)
-    r = x - n * _LN2_HIGH - n * _LN2_LOW
-    p = _P[0]
-    for c in _P[1:]:
-        p = p * r + c
-    two_to_n = mx.view((n.astype(mx.int32) + 127) << 23, mx.float32)
-    return (p * r * r + r + 1.0) * two_to_n
+    """e^x for x <= 0 (positive arguments give 1); below -87.3 about 1e-38 rather than 0."""
+    y = mx.clip(x, -87.3, 0.0) * (1 / 64)
+    p = _P[-1]
+    for c in reversed(_P[:-1]):
+        p = p * y + c
+    for _ in range(6):
+        p = p * p
+    return p
 
 
 @exp.vjp

@@ -18,7 +18,7 @@ big) as it is. The choices come from measurements (DESIGN.md, decision 7; bench/
   raise the peak, since the cache holds only what the step already used.
 - x86-64 CPUs: MLX computes `exp` there one element at a time, so the loss's cross-entropy takes
   its exponentials from a faster `exp` built of MLX's vectorised arithmetic
-  (workbench/training/losses.py): 11 to 20% of a Qwen3-0.6B step.
+  (workbench/training/losses.py): 13 to 18% of a Qwen3-0.6B step, for one more logits-sized array.
 - Everywhere: the training step is compiled with `mx.compile`.
 """
 
