@@ -1,6 +1,7 @@
 """Training over real HTTP: the plan's phase 3, 5.1 and 6 checks and its reliability promises."""
 
 import os
+import re
 import signal
 import time
 
@@ -131,6 +132,25 @@ def test_a_malformed_row_is_named_before_training_starts(svc):
     message = response.json()["detail"][0]["msg"]
     assert "broken.jsonl" in message and "line 3" in message
     assert svc.get("/train/broken_data/status").status_code == 404  # no job was created
+
+
+def test_rows_whose_prompt_fills_max_seq_length_are_left_out_not_trained_into_nan(svc):
+    # At 32 tokens, about a fifth of the alpaca sample's prompts fill the whole sequence: a batch of
+    # those would have no token to learn from (a division by zero that turns the weights to NaN).
+    start(svc, experiment_name="short_rows", max_seq_length=32, batch_size=1, max_steps=12)
+    done = wait_for(svc, "short_rows")
+    assert done["status"] == "completed", done["error"]
+    steps = svc.get("/train/short_rows/metrics").json()["steps"]
+    assert len(steps) == 12 and all(row["loss"] is not None and row["tokens"] > 0 for row in steps)
+    left_out = re.search(r"(\d+) of (\d+) training rows are left out", svc.get("/train/short_rows/events").text)
+    assert left_out and 0 < int(left_out[1]) < int(left_out[2])
+
+
+def test_when_no_row_has_a_token_to_learn_the_job_fails_naming_max_seq_length(svc):
+    start(svc, experiment_name="too_short", max_seq_length=16, max_steps=3)
+    done = wait_for(svc, "too_short")
+    assert done["status"] == "failed"
+    assert done["error"]["field"] == "max_seq_length" and "mask_prompt" in done["error"]["message"]
 
 
 def test_unknown_experiment_is_a_404(svc):

@@ -52,6 +52,37 @@ class _ByTokenCount(CacheDataset):
         return len(self._items)
 
 
+class _Subset(CacheDataset):
+    """Some of a dataset's items, by index."""
+
+    def __init__(self, items: CacheDataset, indices: list[int]):
+        self._items = items
+        self._indices = indices
+
+    def itemlen(self, idx: int) -> int:
+        return self._items.itemlen(self._indices[idx])
+
+    def __getitem__(self, idx: int):
+        return self._items[self._indices[idx]]
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+
+def trainable(dataset: CacheDataset) -> tuple[CacheDataset, int]:
+    """The rows that keep a token to learn from once cut to max_seq_length, and how many did not.
+
+    A row whose prompt fills max_seq_length has no target left; a batch of such rows divides by
+    zero trained tokens and turns the weights to NaN, silently."""
+    keep = [i for i in range(len(dataset)) if len(dataset[i][0]) > max(dataset[i][1], 1)]
+    if not keep:
+        raise InputError("max_seq_length", "no training row keeps a token to learn from within "
+                         "max_seq_length: every prompt fills it. Raise max_seq_length, or set "
+                         "mask_prompt to false to train on the prompts too")
+    skipped = len(dataset) - len(keep)
+    return (_Subset(dataset, keep) if skipped else dataset), skipped
+
+
 def batches(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int,
             group_by_length: bool = True, packing: bool = False) -> Iterator[Batch]:
     """Endless batches in a seeded order (the same seed gives the same batches, so a resumed run

@@ -143,9 +143,14 @@ class TrainingRun:
 
         self.reporter.phase("loading_data", f"preparing {cfg.dataset_path or cfg.dataset}")
         data = build(DataSpec.from_config(cfg), tokenizer, self.settings)
-        if len(data.train) < cfg.batch_size:
-            raise InputError("batch_size", f"{cfg.batch_size} exceeds the {len(data.train)} training rows")
-        total = self.total_steps(len(data.train))
+        train, skipped = batching.trainable(data.train)
+        if skipped:
+            self.reporter.note(f"{skipped} of {len(data.train)} training rows are left out: their "
+                               f"prompt fills max_seq_length ({cfg.max_seq_length}): nothing to learn",
+                               {"rows_left_out": skipped})
+        if len(train) < cfg.batch_size:
+            raise InputError("batch_size", f"{cfg.batch_size} exceeds the {len(train)} training rows")
+        total = self.total_steps(len(train))
         optimizer = self.optimizer(total)
 
         start = 0
@@ -160,7 +165,7 @@ class TrainingRun:
             self.reporter.phase("training", f"resuming from step {start}")
 
         one_step = self._step_function(model, optimizer)
-        batches = batching.batches(data.train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
+        batches = batching.batches(train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
                                    cfg.group_by_length, cfg.packing)
         # The data position: skip the batches the earlier part of the run already used.
         for _ in range(start * cfg.gradient_accumulation_steps):
