@@ -35,32 +35,17 @@ class Batch:
     positions: int  # rows x padded width: what the model computes on
 
 
-class _ByTokenCount(CacheDataset):
-    """The same items, with `itemlen` = token count (or 0, which keeps the data's order)."""
+class _Rows(CacheDataset):
+    """Some of a dataset's items, by index, with `itemlen` = token count (or 0, which keeps the
+    data's order, when `group` is false)."""
 
-    def __init__(self, items: CacheDataset, group: bool):
+    def __init__(self, items: CacheDataset, indices: list[int] | range, group: bool = True):
         self._items = items
+        self._indices = indices
         self._group = group
 
     def itemlen(self, idx: int) -> int:
-        return len(self._items[idx][0]) if self._group else 0
-
-    def __getitem__(self, idx: int):
-        return self._items[idx]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class _Subset(CacheDataset):
-    """Some of a dataset's items, by index."""
-
-    def __init__(self, items: CacheDataset, indices: list[int]):
-        self._items = items
-        self._indices = indices
-
-    def itemlen(self, idx: int) -> int:
-        return self._items.itemlen(self._indices[idx])
+        return len(self[idx][0]) if self._group else 0
 
     def __getitem__(self, idx: int):
         return self._items[self._indices[idx]]
@@ -80,7 +65,7 @@ def trainable(dataset: CacheDataset) -> tuple[CacheDataset, int]:
                          "max_seq_length: every prompt fills it. Raise max_seq_length, or set "
                          "mask_prompt to false to train on the prompts too")
     skipped = len(dataset) - len(keep)
-    return (_Subset(dataset, keep) if skipped else dataset), skipped
+    return (_Rows(dataset, keep) if skipped else dataset), skipped
 
 
 def batches(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int,
@@ -90,7 +75,7 @@ def batches(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: i
     if packing:
         yield from _packed(dataset, batch_size, max_seq_length, seed)
         return
-    view = _ByTokenCount(dataset, group_by_length)
+    view = _Rows(dataset, range(len(dataset)), group_by_length)
     for batch, lengths in iterate_batches(view, batch_size, max_seq_length, loop=True, seed=seed):
         yield Batch((batch, lengths), int(lengths[:, 1].sum().item()), batch.size)
 
