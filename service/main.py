@@ -11,6 +11,7 @@ import workbench
 from service.errors import install_error_handlers
 from service.routes import generate, openai_compat, providers, system, training
 from workbench.core import Workbench
+from workbench.providers.litellm_bridge import route_litellm_logs
 from workbench.providers.secrets import redactor
 from workbench.settings import Settings
 
@@ -18,6 +19,7 @@ from workbench.settings import Settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    route_litellm_logs(debug=settings.log_level.upper() == "DEBUG")
     redactor.install()
 
     @asynccontextmanager

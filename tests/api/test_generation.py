@@ -163,3 +163,11 @@ def test_the_next_chat_turn_is_served_from_the_prompt_cache_and_status_says_so(a
 
     assert second.status_code == 200 and second.json()["generated_text"]
     assert cached_tokens() - before >= first["prompt_tokens"]
+
+
+def test_the_service_log_has_a_line_a_request_not_litellm_s_chatter(api):
+    for _ in range(3):
+        assert api.post("/generate", json={"prompt": "Hello", "max_tokens": 4}).status_code == 200
+    log = api.log_text()
+    assert log.count('"POST /generate HTTP/1.1" 200') >= 3
+    assert "LiteLLM completion()" not in log and "Completed Call" not in log
