@@ -59,7 +59,8 @@ def trainable(dataset: CacheDataset) -> tuple[CacheDataset, int]:
 
     A row whose prompt fills max_seq_length has no target left; a batch of such rows divides by
     zero trained tokens and turns the weights to NaN, silently."""
-    keep = [i for i in range(len(dataset)) if len(dataset[i][0]) > max(dataset[i][1], 1)]
+    rows = (dataset[i] for i in range(len(dataset)))
+    keep = [i for i, (tokens, offset) in enumerate(rows) if len(tokens) > max(offset, 1)]
     if not keep:
         raise InputError("max_seq_length", "no training row keeps a token to learn from within "
                          "max_seq_length: every prompt fills it. Raise max_seq_length, or set "
