@@ -16,9 +16,11 @@ big) as it is. The choices come from measurements (DESIGN.md, decision 7; bench/
   system and were faulted in again the next step. The cache limit defaults to the memory limit (or
   the machine's memory): buffers are reused, which cut a Qwen3-0.6B LoRA step by 18%. It does not
   raise the peak, since the cache holds only what the step already used.
-- x86-64 CPUs: MLX computes `exp` there one element at a time, so the loss's cross-entropy takes
-  its exponentials from a faster `exp` built of MLX's vectorised arithmetic
-  (workbench/training/losses.py): 13 to 18% of a Qwen3-0.6B step, for one more logits-sized array.
+- x86-64 CPUs: MLX computes `exp` (and `sigmoid`, `softmax`) there one element at a time, so the
+  loss's cross-entropy, and the model's SwiGLU and attention softmax while the job trains, take
+  their exponentials from a faster `exp` built of MLX's vectorised arithmetic
+  (workbench/training/fastmath.py): 13 to 18% of a Qwen3-0.6B step for the loss, 10 to 15% more
+  for the model's.
 - Everywhere: the training step is compiled with `mx.compile`.
 """
 
@@ -50,7 +52,7 @@ class ComputePolicy:
     quantized_products: str  # "dequantize-to-fp32" (CPU) or "mlx-quantized-kernels" (GPU)
     lora_products: str  # dtype LoRA's low-rank products run in (its weights stay fp32)
     compiled_step: bool
-    fast_exp: bool  # the loss's exponentials from workbench/training/losses.py, not mx.exp
+    fast_exp: bool  # loss, SwiGLU and attention on workbench/training/fastmath.py's exp
     blas: str | None  # the CPU BLAS MLX uses
     kernel_cache: str | None  # MLX_PTX_CACHE_DIR on CUDA
     memory_limit_mb: int | None

@@ -8,6 +8,7 @@ optimizer state, step and data position, and a clean stop between steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from workbench.data import DataSpec, build
 from workbench.errors import InputError
-from workbench.training import batching, checkpoint, losses, policy
+from workbench.training import batching, checkpoint, fastmath, losses, policy
 from workbench.training.config import TrainingConfig
 
 _MB = 1024 * 1024
@@ -164,6 +165,26 @@ class TrainingRun:
             start = saved.step
             self.reporter.phase("training", f"resuming from step {start}")
 
+        # The fast SwiGLU and attention must be in place while the step is traced (at its first call,
+        # and again at each new batch shape), so for the whole loop.
+        kernels = fastmath.model_kernels(model) if self.policy.fast_exp else contextlib.nullcontext([])
+        with kernels as swapped:
+            if swapped:
+                self.reporter.note(f"x86-64 CPU: the model's {' and '.join(swapped)} use the fast exp",
+                                   {"fast_kernels": swapped})
+            step, stopped = self._train(model, optimizer, train, data, start, total)
+        if stopped:
+            return RunOutcome(stopped, step, None)
+        self.reporter.phase("saving", "writing the final checkpoint and adapter")
+        self.reporter.checkpoint(step, self._save(model, optimizer, step))
+        adapter = checkpoint.save_adapter(self.run_dir / "adapters", model, self.adapter_config(model))
+        self.model, self.tokenizer, self.data, self.total = model, tokenizer, data, total
+        return RunOutcome("completed", step, adapter)
+
+    def _train(self, model, optimizer, train, data, start: int, total: int) -> tuple[int, str | None]:
+        """Steps `start + 1` to `total`, with evaluations and checkpoints on the way. Returns the last
+        step done, and why it stopped short of `total` if it did."""
+        cfg = self.config
         one_step = self._step_function(model, optimizer)
         batches = batching.batches(train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
                                    cfg.group_by_length, cfg.packing)
@@ -180,7 +201,7 @@ class TrainingRun:
             if reason:
                 path = self._save(model, optimizer, step)
                 self.reporter.checkpoint(step, path)
-                return RunOutcome(reason, step, None)
+                return step, reason
             loss, tokens, elapsed, counts = one_step(batches)
             step += 1
             self.reporter.step(step, total, {
@@ -202,12 +223,7 @@ class TrainingRun:
                     self.reporter.phase("training", f"training steps {step + 1} to {total}")
             if step % cfg.save_every == 0 and step < total:
                 self.reporter.checkpoint(step, self._save(model, optimizer, step))
-
-        self.reporter.phase("saving", "writing the final checkpoint and adapter")
-        self.reporter.checkpoint(step, self._save(model, optimizer, step))
-        adapter = checkpoint.save_adapter(self.run_dir / "adapters", model, self.adapter_config(model))
-        self.model, self.tokenizer, self.data, self.total = model, tokenizer, data, total
-        return RunOutcome("completed", step, adapter)
+        return step, None
 
     def _step_function(self, model, optimizer):
         """The compiled micro-step, shaped as mlx-lm's own: gradients add up over micro-batches and
