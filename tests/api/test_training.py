@@ -1,10 +1,12 @@
 """Training over real HTTP: the plan's phase 3, 5.1 and 6 checks and its reliability promises."""
 
+import json
 import os
 import re
 import signal
 import time
 
+import mlx.core as mx
 import mlx_lm
 import pytest
 
@@ -113,6 +115,10 @@ def test_valid_training_configs_each_run_to_completion(svc):
     ({"experiment_name": "x", "training_type": "lora", "dataset": "alpaca", "memory_limit_mb": 1},
      "memory_limit_mb"),
     ({"experiment_name": "x", "training_type": "lora", "dataset": "alpaca", "packing": "sometimes"}, "packing"),
+    ({"experiment_name": "x", "training_type": "lora", "dataset": "alpaca", "lora_targets": []}, "lora_targets"),
+    ({"experiment_name": "x", "training_type": "lora", "dataset": "alpaca", "lora_targets": ["q proj"]},
+     "lora_targets"),
+    ({"experiment_name": "x", "training_type": "sft", "dataset": "alpaca", "lora_targets": ["q_proj"]}, "body"),
 ])
 def test_invalid_training_configs(svc, config, field):
     response = svc.post("/train/start", json=config)
@@ -151,6 +157,28 @@ def test_when_no_row_has_a_token_to_learn_the_job_fails_naming_max_seq_length(sv
     done = wait_for(svc, "too_short")
     assert done["status"] == "failed"
     assert done["error"]["field"] == "max_seq_length" and "mask_prompt" in done["error"]["message"]
+
+
+def test_lora_can_target_some_projections_only_and_the_adapter_serves(svc):
+    start(svc, experiment_name="q_and_v", lora_targets=["q_proj", "self_attn.v_proj"], max_steps=3)
+    done = wait_for(svc, "q_and_v")
+    assert done["status"] == "completed", done["error"]
+    adapter = done["adapter_path"]
+    config = json.loads(open(os.path.join(adapter, "adapter_config.json")).read())
+    assert config["lora_parameters"]["keys"] == ["self_attn.q_proj", "self_attn.v_proj"]
+    trained = mx.load(os.path.join(adapter, "adapters.safetensors"))
+    assert trained and {name.split(".")[-2] for name in trained} == {"q_proj", "v_proj"}
+    answer = svc.post("/generate", json={"model": "q_and_v", "max_tokens": 4,
+                                         "messages": [{"role": "user", "content": "Say hi"}]})
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_target_the_model_lacks_fails_the_job_naming_lora_targets_and_the_layers_it_has(svc):
+    start(svc, experiment_name="no_such_layer", lora_targets=["qkv_proj"], max_steps=3)
+    done = wait_for(svc, "no_such_layer")
+    assert done["status"] == "failed"
+    assert done["error"]["field"] == "lora_targets"
+    assert "qkv_proj" in done["error"]["message"] and "q_proj" in done["error"]["message"]
 
 
 def test_unknown_experiment_is_a_404(svc):

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LAYER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 TrainingType = Literal["sft", "lora", "qlora"]
 DatasetFormat = Literal["auto", "alpaca", "sharegpt", "chat", "completions", "text"]
@@ -79,6 +80,11 @@ class TrainingConfig(BaseModel):
     lora_alpha: float = Field(default=16.0, gt=0, description="LoRA scale is lora_alpha / lora_rank.")
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     lora_layers: int = Field(default=-1, ge=-1, description="Last N transformer layers get LoRA; -1: all.")
+    lora_targets: list[str] | None = Field(
+        default=None, min_length=1,
+        description="The layers of each block that get LoRA, by name (q_proj, v_proj) or path in the block "
+                    "(self_attn.q_proj); default: every linear layer of the block, as mlx-lm does.",
+    )
     quantization: Literal["int4", "int8"] | None = Field(
         default=None, description="QLoRA's base: int4 (default for qlora) or int8."
     )
@@ -99,10 +105,20 @@ class TrainingConfig(BaseModel):
             raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
 
+    @field_validator("lora_targets")
+    @classmethod
+    def _target_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or []:
+            if not LAYER_PATH.match(name):
+                raise ValueError(f"{name!r} is not a layer name such as q_proj or self_attn.q_proj")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.quantization and self.training_type != "qlora":
             raise ValueError("quantization applies to training_type qlora only")
+        if self.lora_targets and self.training_type == "sft":
+            raise ValueError("lora_targets applies to training_type lora and qlora only")
         if self.training_type == "qlora" and self.quantization is None:
             self.quantization = "int4"
         return self

@@ -59,6 +59,7 @@ class TrainingRun:
         self.reporter = reporter
         self.should_stop = should_stop  # returns None, or why to stop now
         self.policy = policy.choose(config.memory_limit_mb, config.cache_limit_mb)
+        self.lora_keys: list[str] | None = None  # mlx-lm's paths of lora_targets, once the model is known
 
     # Setting up ---------------------------------------------------------------------------------
 
@@ -81,6 +82,7 @@ class TrainingRun:
             model.unfreeze()
         else:
             model.freeze()
+            self.lora_keys = lora_keys(model, cfg.lora_targets) if cfg.lora_targets else None
             linear_to_lora_layers(model, self._lora_layers(model), self._lora_parameters())
             policy.adapt_lora(model, self.policy)
         if cfg.gradient_checkpointing:
@@ -97,8 +99,12 @@ class TrainingRun:
         return len(model.layers) if wanted == -1 else min(wanted, len(model.layers))
 
     def _lora_parameters(self) -> dict:
+        """mlx-lm's LoRA settings; `keys` (the layers within a block) only when the config names them."""
         cfg = self.config
-        return {"rank": cfg.lora_rank, "scale": cfg.lora_alpha / cfg.lora_rank, "dropout": cfg.lora_dropout}
+        chosen = {"rank": cfg.lora_rank, "scale": cfg.lora_alpha / cfg.lora_rank, "dropout": cfg.lora_dropout}
+        if self.lora_keys:
+            chosen["keys"] = self.lora_keys
+        return chosen
 
     def adapter_config(self, model) -> dict:
         """mlx-lm's adapter_config.json, plus what the workbench needs to serve it again."""
@@ -270,3 +276,19 @@ class TrainingRun:
         batches_used = step * self.config.gradient_accumulation_steps
         return checkpoint.save(self.run_dir / "checkpoints", step, model, optimizer,
                                {"seed": self.config.seed, "batches_used": batches_used})
+
+
+def lora_keys(model: nn.Module, targets: list[str]) -> list[str]:
+    """The paths within a block (mlx-lm's LoRA `keys`) of the linear layers that `targets` name, by
+    name (`q_proj`) or by path (`self_attn.q_proj`)."""
+    paths = sorted({path for block in model.layers for path, module in block.named_modules()
+                    if isinstance(module, (nn.Linear, nn.QuantizedLinear))})
+    keys = []
+    for target in targets:
+        matches = [p for p in paths if p == target or p.endswith("." + target)]
+        if not matches:
+            names = sorted({p.rsplit(".", 1)[-1] for p in paths})
+            raise InputError("lora_targets", f"{target!r} names no linear layer of this model's blocks; "
+                                             f"they are {', '.join(names)}")
+        keys += [p for p in matches if p not in keys]
+    return keys
