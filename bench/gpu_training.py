@@ -4,7 +4,7 @@
     python bench/gpu_training.py --quick          # toy size, any backend (CI runs it on the CPU)
 
 All on the same model shape (random/qwen3-1.7b, bf16), LoRA rank 8 (alpha 16) on all 7 projections of
-every layer, AdamW at a constant 1e-4, no clipping, batch 4 x 512 full-length rows:
+every layer (or those --targets names, on every side), AdamW at a constant 1e-4, no clipping, batch 4 x 512 full-length rows:
 
 1. A workbench job (the job manager starts a worker process that trains and writes its metrics to the
    job store, as under the service), with a fresh kernel cache under its home: steady tokens/s, and
@@ -49,6 +49,8 @@ parser.add_argument("--steps", type=int, default=30)
 parser.add_argument("--warmup", type=int, default=5, help="first steps left out of tokens/s")
 parser.add_argument("--rank", type=int, default=8)
 parser.add_argument("--alpha", type=float, default=16.0)
+parser.add_argument("--targets", help="comma-separated layers that get LoRA (default: all 7 projections), "
+                                      "e.g. q_proj,v_proj as in ../shared/tools/GPU.md")
 parser.add_argument("--compile-budget", type=float, default=300.0, help="seconds torch.compile may take")
 parser.add_argument("--skip-torch", action="store_true", help="no PyTorch + PEFT rows")
 parser.add_argument("--skip-torch-compile", action="store_true", help="no torch.compile row")
@@ -72,6 +74,7 @@ def job_config(name: str, model: str, args) -> dict:
         "validation_split": 0.0, "batch_size": args.batch, "max_seq_length": args.seq,
         "max_steps": args.steps, "learning_rate": 1e-4, "lr_schedule": "constant", "max_grad_norm": None,
         "lora_rank": args.rank, "lora_alpha": args.alpha, "lora_dropout": 0.0, "lora_layers": -1,
+        "lora_targets": args.targets.split(",") if args.targets else None,
         "mask_prompt": False, "seed": 0, "save_every": 1_000_000, "eval_steps": 1_000_000,
     }
 
@@ -129,13 +132,16 @@ def bare_step(folder: Path, args) -> dict:
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     from workbench.training import policy
+    from workbench.training.run import lora_keys
 
     chosen = policy.choose()
     model, _ = mlx_lm.load(str(folder))
     policy.prepare(model, chosen)
     model.freeze()
-    linear_to_lora_layers(model, len(model.layers), {"rank": args.rank, "scale": args.alpha / args.rank,
-                                                      "dropout": 0.0})
+    lora = {"rank": args.rank, "scale": args.alpha / args.rank, "dropout": 0.0}
+    if args.targets:
+        lora["keys"] = lora_keys(model, args.targets.split(","))
+    linear_to_lora_layers(model, len(model.layers), lora)
     policy.adapt_lora(model, chosen)
     mx.eval(model.parameters())
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.0)
@@ -170,6 +176,8 @@ def torch_peer(folder: Path, args, compile: bool) -> dict:
                "--device", "cuda" if gpu() else "cpu", "--dtype", "bf16" if gpu() else "fp32"]
     if compile:
         command += ["--compile", "--compile-budget", str(args.compile_budget)]
+    if args.targets:
+        command += ["--targets", args.targets]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout)[-500:]}
@@ -230,7 +238,7 @@ def main() -> int:
           f"{version('mlx')}, mlx-cuda-13 {version('mlx-cuda-13')}, mlx_lm {version('mlx_lm')}, torch "
           f"{version('torch')}, peft {version('peft')}")
     print(f"model {folder} (built/found in {built_s:.0f} s); batch {args.batch} x {args.seq}, "
-          f"LoRA r{args.rank} on all projections, {args.steps} steps, first {args.warmup} left out; "
+          f"LoRA r{args.rank} on {args.targets or 'all projections'}, {args.steps} steps, first {args.warmup} left out; "
           f"home {home}")
     print(f"job policy: {json.dumps(first['policy'])}")
     shape = f"b{args.batch} s{args.seq}"
