@@ -4,7 +4,8 @@
     python bench/gpu_training.py --quick          # toy size, any backend (CI runs it on the CPU)
 
 All on the same model shape (random/qwen3-1.7b, bf16), LoRA rank 8 (alpha 16) on all 7 projections of
-every layer (or those --targets names, on every side), AdamW at a constant 1e-4, no clipping, batch 4 x 512 full-length rows:
+every layer (or those --targets names, on every side), AdamW at a constant 1e-4, no clipping, batch
+4 x 512 full-length rows:
 
 1. A workbench job (the job manager starts a worker process that trains and writes its metrics to the
    job store, as under the service), with a fresh kernel cache under its home: steady tokens/s, and
@@ -238,7 +239,8 @@ def main() -> int:
           f"{version('mlx')}, mlx-cuda-13 {version('mlx-cuda-13')}, mlx_lm {version('mlx_lm')}, torch "
           f"{version('torch')}, peft {version('peft')}")
     print(f"model {folder} (built/found in {built_s:.0f} s); batch {args.batch} x {args.seq}, "
-          f"LoRA r{args.rank} on {args.targets or 'all projections'}, {args.steps} steps, first {args.warmup} left out; "
+          f"LoRA r{args.rank} on {args.targets or 'all projections'}, {args.steps} steps, "
+          f"first {args.warmup} left out; "
           f"home {home}")
     print(f"job policy: {json.dumps(first['policy'])}")
     shape = f"b{args.batch} s{args.seq}"
