@@ -268,3 +268,28 @@ def test_configuration_survives_a_restart(tmp_path, models_dir):
         assert listed["configured"] is True and listed["api_base"] == "http://127.0.0.1:1"
         assert listed["api_key"] == KEY[-3:].join(["...", ""])
         assert again.get("/providers/fallback").json()["order"] == ["anthropic", "local_mlx"]
+
+
+def test_a_remote_judge_s_key_stays_out_of_the_training_worker_s_log(svc):
+    # The judge runs in the job's worker process, which writes its own log under the run folder.
+    with FakeLLMServer("openai", behaviour="401") as server:  # its 401 echoes the key it was sent
+        configure(svc, "openai", server)
+        body = {"experiment_name": "judged_remotely", "training_type": "lora", "dataset": "alpaca",
+                "model_name": "mlx-community/Qwen3-1.7B-8bit", "max_steps": 2, "batch_size": 2,
+                "eval_provider": "openai", "eval_prompts": 1}
+        assert svc.post("/train/start", json=body).status_code == 200
+        deadline = time.monotonic() + 180
+        while (status := svc.get("/train/judged_remotely/status").json())["status"] not in ("completed", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert server.requests and server.requests[0]["api_key"] == KEY  # the judge really called it
+
+    # The model trained; the judge's failure is told, not turned into a failed job.
+    assert status["status"] == "completed", status["error"]
+    assert status["judge_score"] is None
+    assert "the judge could not answer" in svc.get("/train/judged_remotely/events").text
+    (log,) = (svc.home / "runs" / "judged_remotely").glob("*/worker.log")
+    text = log.read_text()
+    assert "provider openai failed" in text  # the worker logged the failed call
+    assert KEY not in text and KEY[:-3] not in text
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600

@@ -37,9 +37,15 @@ def held_out(examples: list[dict], count: int) -> list[tuple[list[dict], str]]:
 def judge_run(run, config, settings, reporter) -> float | None:
     """Score the just-trained model (`run.model`) with `config.eval_provider` as the judge."""
     from workbench.models.resolver import ModelResolver
+    from workbench.providers.litellm_bridge import route_litellm_logs
     from workbench.providers.local_mlx import LocalMLX
-    from workbench.providers.router import ProviderRouter
+    from workbench.providers.router import AllProvidersFailed, ProviderRouter
+    from workbench.providers.secrets import redactor
 
+    # The worker's log is a file under the run folder: litellm's records go through the root's
+    # handlers, and the keys the router loads are masked there, as in the service.
+    route_litellm_logs(debug=settings.log_level.upper() == "DEBUG")
+    redactor.install()
     router = ProviderRouter(settings, LocalMLX(settings, ModelResolver(settings)))
     examples = run.data.valid_examples or run.data.train_examples
     pairs = held_out(examples, config.eval_prompts)
@@ -49,11 +55,16 @@ def judge_run(run, config, settings, reporter) -> float | None:
         prompt = run.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         answer = mlx_lm.generate(run.model, run.tokenizer, prompt, max_tokens=64)
         question = messages[-1]["content"]
-        verdict = router.complete(GenerateParams(
-            messages=[{"role": "user", "content": JUDGE_PROMPT.format(
-                question=question, reference=reference, answer=answer)}],
-            provider=config.eval_provider, max_tokens=8, temperature=0.0,
-        ))
+        try:
+            verdict = router.complete(GenerateParams(
+                messages=[{"role": "user", "content": JUDGE_PROMPT.format(
+                    question=question, reference=reference, answer=answer)}],
+                provider=config.eval_provider, max_tokens=8, temperature=0.0,
+            ))
+        except AllProvidersFailed as exc:
+            # The model is trained and saved either way: say why there is no score, do not fail the job.
+            reporter.note(f"the judge could not answer: {redactor(str(exc))}", {"attempts": exc.attempts})
+            break
         score = parse_score(verdict.generated_text)
         if score is not None:
             scores.append(score)

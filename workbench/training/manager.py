@@ -153,7 +153,9 @@ class JobManager:
         run_dir = Path(job["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         self.store.update(job["job_id"], status="running", phase="starting", started_at=time.time())
-        with open(run_dir / "worker.log", "ab") as out:
+        # Owner-only: a worker's log may quote what a remote provider answered.
+        log_file = os.open(run_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(log_file, "ab") as out:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "workbench.training.worker", job["job_id"]],
                 env=os.environ | self.settings.as_env(), stdout=out, stderr=subprocess.STDOUT,
