@@ -1,5 +1,5 @@
-"""The training loop as a user reads it: every step reported in order with the rate its update
-used and a time of its own, even though the next step's graph is built while one runs."""
+"""The training loop as a user reads it: every step reported in order, with the rate its update used
+and a time of its own; a stop keeps every step it reported."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_each_step_reports_the_learning_rate_its_update_used_and_its_own_time(se
 
     assert outcome.status == "completed" and outcome.step == 7
     assert [step for step, _ in reporter.steps] == list(range(1, 8))
-    assert reporter.checkpoints == [4, 7]  # the pause at 4 (nothing built past it), and the end
+    assert reporter.checkpoints == [4, 7]  # save_every, and the end
     schedule = build_schedule({"name": "linear_schedule", "arguments": [1e-3, 1e-4, 4], "warmup": 3})
     used = [metrics["learning_rate"] for _, metrics in reporter.steps]
     assert used == [mx.array(schedule(mx.array(u))).item() for u in range(7)]
