@@ -19,7 +19,7 @@ big) as it is. The choices come from measurements (DESIGN.md, decision 7; bench/
 - x86-64 CPUs: MLX computes `exp` (and `sigmoid`, `softmax`) there one element at a time, so the
   loss's cross-entropy, and the model's SwiGLU and attention softmax while the job trains, take
   their exponentials from a faster `exp` built of MLX's vectorised arithmetic
-  (workbench/training/fastmath.py): 13 to 18% of a Qwen3-0.6B step for the loss, 10 to 15% more
+  (workbench/training/fastmath.py): 13 to 18% of a Qwen3-0.6B step for the loss, 9 to 16% more
   for the model's.
 - Everywhere: the training step is compiled with `mx.compile`.
 """
