@@ -238,6 +238,18 @@ def test_training_form_shows_errors_beside_fields_and_starts_nothing(backend):
         TrainingPanel(backend, max_step=3)
 
 
+def test_a_list_field_takes_comma_separated_items(backend):
+    panel = TrainingPanel(backend, experiment_name="targets", training_type="lora", dataset="alpaca")
+    targets = panel.fields["lora_targets"]
+    assert targets.get() is None  # empty: every layer, the default
+    targets.widget.value = " q_proj, self_attn.v_proj ,"
+    assert panel.form.validate().lora_targets == ["q_proj", "self_attn.v_proj"]
+    panel.form.set_values(lora_targets=["k_proj", "o_proj"])
+    assert targets.widget.value == "k_proj, o_proj"
+    targets.widget.value = "q proj"
+    assert panel.form.validate() is None and "q proj" in panel.form.errors()["lora_targets"]
+
+
 def test_training_run_started_by_a_click_completes_and_is_listed(backend):
     panel = TrainingPanel(backend, experiment_name="ui-lora", training_type="lora", dataset="alpaca",
                           max_steps=3, batch_size=2)

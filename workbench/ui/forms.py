@@ -28,6 +28,7 @@ class Field:
     error: widgets.HTML  # shown under the field, empty (hidden) while the value is fine
     row: widgets.Box
     optional_text: bool = False  # a Text standing for `X | None`: empty means None
+    listed: bool = False  # a Text standing for a list: items separated by commas
     message: str | None = None  # the validation message shown now
 
     def get(self):
@@ -36,9 +37,13 @@ class Field:
             value = value.strip()
             if not value and self.optional_text:
                 return None
+        if self.listed:
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     def set(self, value) -> None:
+        if self.listed and isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value))
         self.widget.value = ("" if value is None else str(value)) if self.optional_text else value
 
     def show_error(self, message: str | None) -> None:
@@ -132,6 +137,11 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
     elif annotation in (int, float) and not optional and default is not None:
         kind = widgets.IntText if annotation is int else widgets.FloatText
         widget = kind(value=default, layout=_INPUT, **common)
+    elif get_origin(annotation) is list:
+        widget = widgets.Text(value=", ".join(map(str, default or [])), layout=_INPUT,
+                              placeholder=f"{NONE_LABEL}, or items separated by commas" if optional
+                              else "items separated by commas", **common)
+        return _row(name, widget, info, optional_text=optional, listed=True)
     elif suggestions:
         widget = widgets.Combobox(value=default or "", options=suggestions, ensure_option=False,
                                   layout=_INPUT, **common)
@@ -139,10 +149,16 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
         optional_text = optional
         widget = widgets.Text(value="" if default is None else str(default), layout=_INPUT,
                               placeholder=NONE_LABEL if optional else "required", **common)
+    return _row(name, widget, info, optional_text)
+
+
+def _row(name: str, widget: widgets.ValueWidget, info: FieldInfo, optional_text: bool,
+         listed: bool = False) -> Field:
+    """The field's widget, its help beside it, and its (hidden) error message under it."""
     error = widgets.HTML(layout=widgets.Layout(display="none", margin="0 0 0 13em"))
     help_text = widgets.HTML(muted(info.description or ""), layout=widgets.Layout(margin="0 0 0 1em"))
     row = widgets.VBox([widgets.HBox([widget, help_text]), error])
-    return Field(name, widget, error, row, optional_text)
+    return Field(name, widget, error, row, optional_text, listed)
 
 
 def _unwrap(annotation) -> tuple[object, bool]:
