@@ -19,7 +19,7 @@ from workbench.settings import Settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    route_litellm_logs(debug=settings.log_level.upper() == "DEBUG")
+    route_litellm_logs(settings.log_level)
     redactor.install()
 
     @asynccontextmanager

@@ -23,11 +23,12 @@ litellm.telemetry = False
 _LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 
 
-def route_litellm_logs(debug: bool) -> None:
+def route_litellm_logs(log_level: str) -> None:
     """Send litellm's log records through the root logger's handlers only, warnings and up unless
-    `debug`. litellm logs three INFO lines a call, each twice (its own handler and the root's):
-    at 16 concurrent clients on the tiny model that was 9% of the service's time. And its own
-    handler would miss the key redaction, which filters the root's handlers."""
+    `log_level` is DEBUG. litellm logs three INFO lines a call, each twice (its own handler and the
+    root's): at 16 concurrent clients on the tiny model that was 9% of the service's time. And its
+    own handler would miss the key redaction, which filters the root's handlers."""
+    debug = log_level.upper() == "DEBUG"
     for name in _LITELLM_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -44,7 +44,7 @@ def judge_run(run, config, settings, reporter) -> float | None:
 
     # The worker's log is a file under the run folder: litellm's records go through the root's
     # handlers, and the keys the router loads are masked there, as in the service.
-    route_litellm_logs(debug=settings.log_level.upper() == "DEBUG")
+    route_litellm_logs(settings.log_level)
     redactor.install()
     router = ProviderRouter(settings, LocalMLX(settings, ModelResolver(settings)))
     examples = run.data.valid_examples or run.data.train_examples

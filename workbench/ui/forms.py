@@ -125,7 +125,7 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
     annotation, optional = _unwrap(info.annotation)
     default = None if info.is_required() else info.get_default(call_default_factory=True)
     common = {"description": name, "style": _LABEL, "tooltip": info.description or name}
-    optional_text = False
+    optional_text = listed = False
     if get_origin(annotation) is Literal:
         choices = [(str(c), c) for c in get_args(annotation)]
         if optional:
@@ -141,7 +141,7 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
         widget = widgets.Text(value=", ".join(map(str, default or [])), layout=_INPUT,
                               placeholder=f"{NONE_LABEL}, or items separated by commas" if optional
                               else "items separated by commas", **common)
-        return _row(name, widget, info, optional_text=optional, listed=True)
+        optional_text, listed = optional, True
     elif suggestions:
         widget = widgets.Combobox(value=default or "", options=suggestions, ensure_option=False,
                                   layout=_INPUT, **common)
@@ -149,12 +149,6 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
         optional_text = optional
         widget = widgets.Text(value="" if default is None else str(default), layout=_INPUT,
                               placeholder=NONE_LABEL if optional else "required", **common)
-    return _row(name, widget, info, optional_text)
-
-
-def _row(name: str, widget: widgets.ValueWidget, info: FieldInfo, optional_text: bool,
-         listed: bool = False) -> Field:
-    """The field's widget, its help beside it, and its (hidden) error message under it."""
     error = widgets.HTML(layout=widgets.Layout(display="none", margin="0 0 0 13em"))
     help_text = widgets.HTML(muted(info.description or ""), layout=widgets.Layout(margin="0 0 0 1em"))
     row = widgets.VBox([widgets.HBox([widget, help_text]), error])
