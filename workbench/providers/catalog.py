@@ -11,7 +11,7 @@ LOCAL = "local_mlx"
 class ProviderInfo:
     name: str
     kind: str  # "remote" (an API reached through litellm) or "local" (this process)
-    litellm_prefix: str  # litellm's provider prefix: "<prefix>/<model>"
+    litellm_prefix: str | None  # litellm's provider prefix: "<prefix>/<model>"; None: not through litellm
     needs_key: bool
     default_model: str | None
     default_api_base: str | None = None
@@ -25,7 +25,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
         ProviderInfo("together", "remote", "together_ai", True, "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
         # Ollama's /api/chat; it runs locally and needs no key.
         ProviderInfo("ollama", "remote", "ollama_chat", False, "llama3.2", "http://127.0.0.1:11434"),
-        # A litellm custom provider; its name must not be one of litellm's own, or litellm ignores it.
-        ProviderInfo(LOCAL, "local", "workbench_local", False, None),
+        # In this process, called directly (see router.py).
+        ProviderInfo(LOCAL, "local", None, False, None),
     )
 }
