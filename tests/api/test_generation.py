@@ -171,3 +171,15 @@ def test_the_service_log_has_a_line_a_request_not_litellm_s_chatter(api):
     log = api.log_text()
     assert log.count('"POST /generate HTTP/1.1" 200') >= 3
     assert "LiteLLM completion()" not in log and "Completed Call" not in log
+
+
+def test_a_prompt_longer_than_the_model_takes_is_a_4xx_and_the_model_still_answers(api):
+    response = api.post("/generate", json={"prompt": "word " * 5000, "max_tokens": 5})
+    assert response.status_code == 400, response.text
+    (item,) = response.json()["detail"]
+    assert "prompt" in item["loc"] and "at most" in item["msg"]
+
+    # The caller's mistake, not the local model's failure: no cooldown, the next request is answered.
+    after = api.post("/generate", json={"prompt": "The sky is", "max_tokens": 5})
+    assert after.status_code == 200 and after.json()["provider_used"] == "local_mlx"
+    assert [a["outcome"] for a in after.json()["attempts"]] == ["ok"]
