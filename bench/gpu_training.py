@@ -13,8 +13,11 @@ every layer (or those --targets names, on every side), AdamW at a constant 1e-4,
 2. A second job, same settings: its first step, now with the kernel cache warm.
 3. The bare compiled MLX step in this process: mlx-lm's LoRA layers and loss under the job's compute
    policy (same dtype, same LoRA products), `mx.compile` of value_and_grad + AdamW update, on random
-   batches of the same shape: what the job would cost with nothing around it.
-4. PyTorch + PEFT on the same folder (bench/torch_peer.py, in its own process): eager, and compiled
+   batches of the same shape (bench/bare_step.py): what the job would cost with nothing around it.
+4. MLX's LoRA-free floor, the same way: the frozen base with gradients through every layer and no
+   LoRA: the least work any LoRA step on MLX can do, so its ratio to PyTorch + PEFT is about the most
+   MLX can give here.
+5. PyTorch + PEFT on the same folder (bench/torch_peer.py, in its own process): eager, and compiled
    with `torch.compile` if that compiles within --compile-budget seconds.
 Tokens are the trained (non-padding target) tokens, counted the same way on every side. Tokens/s is
 given twice: over all timed steps (total tokens / total time) and at the median step, which a single
@@ -33,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bare_step import bare_step, speed
 from table import print_table, row, version
 
 import workbench  # noqa: F401  (OpenBLAS under MLX on the CPU, before mlx.core)
@@ -102,13 +106,6 @@ def run_job(jobs, store, config, timeout: float) -> dict:
     return {"job": job, "steps": metrics, "start_to_step_1": step_one - job["started_at"]}
 
 
-def speed(tokens: list[int], seconds: list[float], warmup: int) -> dict:
-    """Tokens/s over the steps after warm-up: in total, and at the median step."""
-    rates = sorted(t / s for t, s in zip(tokens[warmup:], seconds[warmup:]))
-    return {"tokens_per_s": sum(tokens[warmup:]) / sum(seconds[warmup:]),
-            "median_tokens_per_s": rates[len(rates) // 2], "first_step_s": seconds[0]}
-
-
 def job_figures(result: dict, warmup: int) -> dict:
     steps = result["steps"]
     seconds = [m["tokens"] / m["tokens_per_s"] for m in steps]
@@ -118,56 +115,6 @@ def job_figures(result: dict, warmup: int) -> dict:
         "peak_mb": max(m["peak_memory_mb"] for m in steps),
         "policy": result["job"]["policy"],
     }
-
-
-def bare_step(folder: Path, args) -> dict:
-    """mlx-lm's LoRA layers and loss under one compiled step, with the job's compute policy (dtype and
-    LoRA products) and nothing else around it."""
-    from functools import partial
-
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    import mlx_lm
-    from mlx_lm.tuner.trainer import default_loss
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    from workbench.training import policy
-    from workbench.training.run import lora_keys
-
-    chosen = policy.choose()
-    model, _ = mlx_lm.load(str(folder))
-    policy.prepare(model, chosen)
-    model.freeze()
-    lora = {"rank": args.rank, "scale": args.alpha / args.rank, "dropout": 0.0}
-    if args.targets:
-        lora["keys"] = lora_keys(model, args.targets.split(","))
-    linear_to_lora_layers(model, len(model.layers), lora)
-    policy.adapt_lora(model, chosen)
-    mx.eval(model.parameters())
-    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.0)
-    loss_and_grad = nn.value_and_grad(model, default_loss)
-    state = [model.state, optimizer.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(batch, lengths):
-        (loss, tokens), grads = loss_and_grad(model, batch, lengths)
-        optimizer.update(model, grads)
-        return loss, tokens
-
-    vocab = model.args.vocab_size
-    lengths = mx.array([[0, args.seq]] * args.batch)
-    times, tokens = [], []
-    mx.reset_peak_memory()
-    for i in range(args.steps):
-        batch = mx.random.randint(0, vocab, (args.batch, args.seq), key=mx.random.key(i))
-        mx.eval(batch)
-        tic = time.perf_counter()
-        loss, count = step(batch, lengths)
-        mx.eval(loss, count, state)
-        times.append(time.perf_counter() - tic)
-        tokens.append(count.item())
-    return {**speed(tokens, times, args.warmup), "peak_mb": mx.get_peak_memory() / 2**20}
 
 
 def torch_peer(folder: Path, args, compile: bool) -> dict:
@@ -228,7 +175,9 @@ def main() -> int:
     second = job_figures(run_job(jobs, store, job_config("gpu-bench-2", str(folder), args), args.job_timeout),
                          args.warmup)
     jobs.close()
-    bare = bare_step(folder, args)
+    shape_args = (folder, args.batch, args.seq, args.steps, args.warmup)
+    bare = bare_step(*shape_args, rank=args.rank, alpha=args.alpha, targets=args.targets)
+    floor = bare_step(*shape_args, floor=True)
     mx.clear_cache()  # give the GPU memory back before PyTorch's turn
     peers = {} if args.skip_torch else {"eager": torch_peer(folder, args, False)}
     if not (args.skip_torch or args.skip_torch_compile or args.quick):  # compiling alone takes minutes
@@ -266,6 +215,9 @@ def main() -> int:
         row("peak memory: job vs bare step", f"{first['peak_mb']:,.0f} MB", f"{bare['peak_mb']:,.0f} MB",
             first["peak_mb"] / bare["peak_mb"]),
     ]
+    rows.append(row(f"bare LoRA step vs MLX's LoRA-free floor {shape} (frozen base, gradients through every "
+                    "layer)", f"{bare['tokens_per_s']:,.0f}", f"{floor['tokens_per_s']:,.0f}",
+                    bare["tokens_per_s"] / floor["tokens_per_s"]))
     for kind, peer in peers.items():
         if peer.get("tokens_per_s"):
             goal = ">= 3x" if kind == "eager" else "-"
@@ -278,6 +230,9 @@ def main() -> int:
                 rows.append(row(f"LoRA {shape} median-step tokens/s: job 1 vs PyTorch + PEFT {kind}",
                                 f"{first['median_tokens_per_s']:,.0f}", f"{peer['tokens_per_s_median']:,.0f}",
                                 first["median_tokens_per_s"] / peer["tokens_per_s_median"]))
+            rows.append(row(f"MLX's LoRA-free floor vs PyTorch + PEFT {kind} (the most any MLX LoRA step "
+                            "could reach)", f"{floor['tokens_per_s']:,.0f}", f"{peer['tokens_per_s']:,.0f}",
+                            floor["tokens_per_s"] / peer["tokens_per_s"]))
         else:
             reason = peer.get("compile_error") or peer.get("error") or "no figure"
             rows.append(row(f"PyTorch + PEFT {kind}", "-", " ".join(str(reason).split())[:80]))

@@ -17,7 +17,7 @@ def test_gpu_training_benchmark_runs_two_jobs_and_both_peers(models_dir, tmp_pat
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for measure in ("workbench job vs bare compiled MLX step", "first step, job 2 (kernel cache warm)",
-                    "job vs PyTorch + PEFT eager"):
+                    "job vs PyTorch + PEFT eager", "MLX's LoRA-free floor vs PyTorch + PEFT eager"):
         assert measure in done.stdout
     assert "LoRA r8 on q_proj,v_proj" in done.stdout  # every side trains the same layers
     assert '"compute_dtype": "float32"' in done.stdout  # the job's policy, as its status reported it
