@@ -12,7 +12,7 @@ do. A goal above the floor asks more of MLX itself than of the trainer built on 
 
 from __future__ import annotations
 
-import contextlib
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -26,10 +26,12 @@ def speed(tokens: list[int], seconds: list[float], warmup: int) -> dict:
 
 
 def bare_step(folder: Path, batch: int, seq: int, steps: int, warmup: int, *, rank: int = 8,
-              alpha: float = 16.0, targets: str | None = None, floor: bool = False) -> dict:
+              alpha: float = 16.0, targets: str | None = None, floor: bool = False,
+              fast_kernels: str = "auto", home: Path | None = None) -> dict:
     """Tokens/s (total and median step), first step's seconds and peak memory of `steps` bare steps on
     batches of `batch` x `seq` tokens: LoRA on `targets` (comma-separated; default all projections),
-    or the LoRA-free floor."""
+    or the LoRA-free floor. `fast_kernels` as a job's setting: auto takes the CPU kernels that
+    calibration (cached under `home`, else a temporary folder) measures faster; on or off forces them."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -39,7 +41,7 @@ def bare_step(folder: Path, batch: int, seq: int, steps: int, warmup: int, *, ra
     from workbench.training import fastmath, losses, policy
     from workbench.training.run import lora_keys
 
-    chosen = policy.choose()
+    chosen = policy.choose(fast_kernels=fast_kernels)
     policy.apply_limits(chosen)
     model, _ = mlx_lm.load(str(folder))
     policy.prepare(model, chosen)
@@ -53,8 +55,11 @@ def bare_step(folder: Path, batch: int, seq: int, steps: int, warmup: int, *, ra
         linear_to_lora_layers(model, len(model.layers), lora)
         policy.adapt_lora(model, chosen)
     mx.eval(model.parameters())
+    with tempfile.TemporaryDirectory() as scratch:
+        chosen = policy.calibrated(chosen, model, batch, seq, home or Path(scratch), fast_kernels)
+    policy.apply_limits(chosen)
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.0)
-    loss_and_grad = nn.value_and_grad(model, losses.loss_function(packing=False, fast_exp=chosen.fast_exp))
+    loss_and_grad = nn.value_and_grad(model, losses.loss_function(False, fast="loss" in chosen.fast_kernels))
     state = [model.state, optimizer.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -66,9 +71,8 @@ def bare_step(folder: Path, batch: int, seq: int, steps: int, warmup: int, *, ra
     vocab = model.args.vocab_size
     lengths = mx.array([[0, seq]] * batch)
     times, counts = [], []
-    kernels = fastmath.model_kernels(model) if chosen.fast_exp else contextlib.nullcontext()
     mx.reset_peak_memory()
-    with kernels:
+    with fastmath.model_kernels(model, chosen.fast_kernels):
         for i in range(steps):
             tokens = mx.random.randint(0, vocab, (batch, seq), key=mx.random.key(i))
             mx.eval(tokens)
@@ -77,4 +81,5 @@ def bare_step(folder: Path, batch: int, seq: int, steps: int, warmup: int, *, ra
             mx.eval(loss, count, state)
             times.append(time.perf_counter() - tic)
             counts.append(count.item())
-    return {**speed(counts, times, warmup), "peak_mb": mx.get_peak_memory() / 2**20}
+    return {**speed(counts, times, warmup), "peak_mb": mx.get_peak_memory() / 2**20,
+            "fast_kernels": list(chosen.fast_kernels), "calibration": chosen.calibration}

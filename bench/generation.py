@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from table import print_table, row, version
+from table import machine_line, print_table, row, version
 
 # isort: off
 # Must come before mlx.core: importing the workbench puts the system OpenBLAS under MLX, which
@@ -399,6 +399,7 @@ def main() -> int:
         args.requests, args.size, args.repeats, args.matmul_repeats = 5, 512, 1, 1
     models = args.models or ["tiny"]
     blas = load_fast_blas()
+    print(machine_line())
     print(f"machine: {platform.platform()} {platform.machine()}, {os.cpu_count()} CPUs; python "
           f"{platform.python_version()}, mlx {version('mlx')}, mlx_lm {version('mlx-lm')}, "
           f"numpy {np.__version__}, workbench {workbench.__version__}")

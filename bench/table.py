@@ -13,6 +13,28 @@ def version(dist: str) -> str:
         return "absent"
 
 
+# The instruction-set extensions that decide which CPU kernels win (bench/RESULTS.md, by CPU).
+_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve")
+
+
+def machine_line() -> str:
+    """The processor a table's figures belong to: model, cores and the extensions that matter."""
+    import os
+    import platform
+
+    info = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            name, _, value = line.partition(":")
+            info.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    shown = ", ".join(f for f in _FLAGS if f in flags) or "none listed"
+    return f"cpu: {model}, {os.cpu_count()} CPUs available to this run; flags: {shown}"
+
+
 def row(measure, value, peer="-", ratio=None, goal="-", met=None) -> list[str]:
     return [measure, value, peer, "-" if ratio is None else f"{ratio:.2f}x", goal,
             "-" if met is None else ("yes" if met else "NO")]

@@ -59,7 +59,7 @@ from pathlib import Path
 import requests
 import yaml
 from bare_step import bare_step
-from table import print_table, row, version
+from table import machine_line, print_table, row, version
 
 # Must come before mlx.core (imported in functions below, and by workbench.models): importing the
 # workbench puts the system OpenBLAS under MLX, which only works while MLX is not yet loaded.
@@ -923,6 +923,7 @@ def main() -> int:
     groups = chosen_groups(args)
     full = [g for g in ("lora", "peft", "qlora", "bound") if g in groups]
     blas = load_fast_blas()
+    print(machine_line())
     print(f"machine: {platform.platform()} {platform.machine()}, {os.cpu_count()} CPUs; python "
           f"{platform.python_version()}, mlx {version('mlx')}, mlx_lm {version('mlx-lm')}, torch "
           f"{version('torch')}, peft {version('peft')}, workbench {workbench.__version__}; MLX BLAS "

@@ -52,7 +52,7 @@ def test_a_lora_step_s_loss_and_gradients_match_mlx_lm_s(tiny, packing):
     lora.layers[0].self_attn.q_proj.lora_b = mx.ones_like(lora.layers[0].self_attn.q_proj.lora_b) * 0.1
 
     def value_and_grad(fast: bool):
-        return nn.value_and_grad(lora, losses.loss_function(packing, fast_exp=fast))(lora, *arrays)
+        return nn.value_and_grad(lora, losses.loss_function(packing, fast=fast))(lora, *arrays)
 
     (fast, count), fast_grads = value_and_grad(True)
     (slow, slow_count), slow_grads = value_and_grad(False)

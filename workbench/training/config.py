@@ -74,6 +74,11 @@ class TrainingConfig(BaseModel):
         default=None, ge=0, description="Most freed memory MLX keeps cached for reuse (mx.set_cache_limit)."
     )
     seed: int = Field(default=0, ge=0)
+    fast_kernels: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="CPU only: the loss, SwiGLU and attention on the workbench's fast exp. auto measures "
+        "each against MLX's own on this machine at the job's shapes (cached) and takes the faster.",
+    )
 
     # LoRA ---------------------------------------------------------------------------------------
     lora_rank: int = Field(default=8, ge=1, le=1024)

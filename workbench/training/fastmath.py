@@ -6,14 +6,14 @@ MLX's x86-64 CPU backend computes `exp` (and `sigmoid`, `softmax`, `tanh`) one e
 it into one kernel, so:
 - e^x for x <= 0 is (e^(x/64))^64, a degree-8 polynomial fitted to e^y on [-1.37, 0] and six
   squarings: 4x faster than `mx.exp`, within 1e-5 of it.
-- sigmoid(x) = 1/2 + sign(x)/2 * (1 - e)/(1 + e) with e = e^-|x|: 6x faster than `mx.sigmoid`
-  (`mx.where` would undo it: it too runs one element at a time).
+- sigmoid(x) = 1/2 + sign(x)/2 * (1 - e)/(1 + e) with e = e^-|x|: 6x faster than `mx.sigmoid`.
 - SwiGLU's and softmax's gradients are written out, so they reuse the fast functions (or the
   forward's output) instead of differentiating through the polynomial.
 
 Forward and backward at a Qwen3-0.6B layer's shapes (256 tokens, 2 cores): SwiGLU 11.1 -> 2.8 ms,
 attention 16.3 -> 11.3 ms; a Qwen3-0.6B LoRA step 9 to 16% faster than with MLX's own (in the same
-process, turn about). The compute policy turns these on for x86-64 CPUs only.
+process, turn about). Whether each runs is measured on the machine that trains, at the job's shapes
+(workbench/training/calibration.py): what gains on one processor can lose on another.
 """
 
 from __future__ import annotations
@@ -33,14 +33,19 @@ _P = (1.0, 1.0, 0.4999995529651642, 0.16666336357593536, 0.04165399819612503, 0.
 
 @mx.custom_function
 def exp(x: mx.array) -> mx.array:
-    """e^x for x <= 0 (positive arguments give 1); below -87.3 about 1e-38 rather than 0."""
+    """e^x for x <= 0 (positive arguments give 1); exactly 0 below -87.3, as MLX's own `exp` gives.
+
+    Exact zeros matter: the clipped polynomial alone gives 1.2e-38 there, the smallest normal float,
+    and attention's masked scores all land there; their products in the backward pass and in the
+    attention-times-values product are then subnormal, which Intel's cores compute in microcode,
+    about 100 times slower (bench/RESULTS.md)."""
     y = mx.clip(x, -87.3, 0.0) * (1 / 64)
     p = _P[-1]
     for c in reversed(_P[:-1]):
         p = p * y + c
     for _ in range(6):
         p = p * p
-    return p
+    return mx.where(x > -87.3, p, 0.0)
 
 
 @exp.vjp
@@ -110,21 +115,28 @@ def _additive_mask(mask, heads: int, kv_heads: int, length: int, kv_length: int)
     return mask.reshape(mask.shape[0], kv_heads, heads // kv_heads, length, kv_length)
 
 
+# mlx-lm's names of the functions the fast kernels replace, by the kernel's name in the policy.
+_MLX_LM_NAMES = {"swiglu": ("swiglu", activations.swiglu),
+                 "attention": ("scaled_dot_product_attention", base.scaled_dot_product_attention)}
+
+
 @contextmanager
-def model_kernels(model: nn.Module):
-    """While in the block, the model's mlx-lm code calls the fast SwiGLU and attention instead of
-    mlx-lm's (where it uses mlx-lm's shared ones). Yields the names it swapped."""
-    replacements = {"swiglu": (activations.swiglu, swiglu),
-                    "scaled_dot_product_attention": (base.scaled_dot_product_attention, attention)}
+def model_kernels(model: nn.Module, kernels: dict | list | tuple = ("swiglu", "attention")):
+    """While in the block, the model's mlx-lm code calls the fast kernels named in `kernels` (swiglu,
+    attention; a dict maps each to the function to call instead of this module's) in place of mlx-lm's
+    shared ones. Yields the names it swapped."""
+    ours = {"swiglu": swiglu, "attention": attention}
+    chosen = kernels if isinstance(kernels, dict) else {name: ours[name] for name in kernels if name in ours}
     modules = {sys.modules[type(m).__module__] for _, m in model.named_modules()}
     swapped = []
     for module in modules:
-        for name, (theirs, ours) in replacements.items():
+        for kernel, replacement in chosen.items():
+            name, theirs = _MLX_LM_NAMES[kernel]
             if getattr(module, name, None) is theirs:
-                setattr(module, name, ours)
-                swapped.append((module, name, theirs))
+                setattr(module, name, replacement)
+                swapped.append((module, name, theirs, kernel))
     try:
-        yield sorted({name for _, name, _ in swapped})
+        yield sorted({kernel for *_, kernel in swapped})
     finally:
-        for module, name, theirs in swapped:
+        for module, name, theirs, _ in swapped:
             setattr(module, name, theirs)

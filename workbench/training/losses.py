@@ -5,8 +5,8 @@ The loss over a large vocabulary is mostly exponentials (Qwen3: 151,936 a token,
 log-sum-exp and its gradient): 0.4 s of a 3.4 s Qwen3-0.6B step on the CPU. It only needs e^x for
 x <= 0 (logits minus their maximum), which the fast `exp` gives in one fused kernel with no array in
 between (a version that wrote 2^n into the exponent bits was as fast but broke the fusion and kept
-four logits-sized arrays alive). The compute policy chooses it (x86-64 CPUs only); elsewhere
-mlx-lm's loss runs unchanged.
+four logits-sized arrays alive). The compute policy chooses it where it measures faster
+(workbench/training/calibration.py); elsewhere mlx-lm's loss runs unchanged.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def packed_loss(model: nn.Module, tokens: mx.array, segments: mx.array, trained:
     return (ce(logits, tokens[:, 1:]) * weights).astype(mx.float32).sum() / count, count
 
 
-def loss_function(packing: bool, fast_exp: bool):
+def loss_function(packing: bool, fast: bool):
     """The loss a run trains with: for packed or padded batches, with or without the fast `exp`."""
     if packing:
-        return partial(packed_loss, ce=cross_entropy) if fast_exp else packed_loss
-    return token_loss if fast_exp else default_loss
+        return partial(packed_loss, ce=cross_entropy) if fast else packed_loss
+    return token_loss if fast else default_loss

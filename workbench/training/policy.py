@@ -14,21 +14,23 @@ big) as it is. The choices come from measurements (DESIGN.md, decision 7; bench/
 - CPU: MLX keeps at most 32 MB of freed buffers there by default, so every step's large arrays
   (logits, the loss's intermediates: 155 MB each for Qwen3-0.6B at 255 tokens) went back to the
   system and were faulted in again the next step. The cache limit defaults to the memory limit (or
-  the machine's memory): buffers are reused, which cut a Qwen3-0.6B LoRA step by 18%. It does not
-  raise the peak, since the cache holds only what the step already used.
-- x86-64 CPUs: MLX computes `exp` (and `sigmoid`, `softmax`) there one element at a time, so the
-  loss's cross-entropy, and the model's SwiGLU and attention softmax while the job trains, take
-  their exponentials from a faster `exp` built of MLX's vectorised arithmetic
+  the machine's memory): buffers are reused, which cut a Qwen3-0.6B LoRA step by 18% on an AMD
+  EPYC. It does not raise the peak, since the cache holds only what the step already used.
+- CPU: MLX computes `exp` (and `sigmoid`, `softmax`) there one element at a time, so the loss's
+  cross-entropy, and the model's SwiGLU and attention softmax while the job trains, can take their
+  exponentials from a faster `exp` built of MLX's vectorised arithmetic
   (workbench/training/fastmath.py): 13 to 18% of a Qwen3-0.6B step for the loss, 9 to 16% more
-  for the model's.
+  for the model's, on an AMD EPYC.
+- Both CPU choices depend on the processor, so each is measured at the job's shapes on the machine
+  that runs it, unless the job forces it (`fast_kernels`, `cache_limit_mb`): see
+  workbench/training/calibration.py. The figures it decided on are part of the policy.
 - Everywhere: the training step is compiled with `mx.compile`.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -38,6 +40,7 @@ from mlx.utils import tree_map
 from mlx_lm.tuner.lora import LoRALinear
 
 from workbench import blas
+from workbench.training import calibration
 from workbench.training.quantized import dequantize_products
 
 _MB = 1024 * 1024
@@ -52,11 +55,12 @@ class ComputePolicy:
     quantized_products: str  # "dequantize-to-fp32" (CPU) or "mlx-quantized-kernels" (GPU)
     lora_products: str  # dtype LoRA's low-rank products run in (its weights stay fp32)
     compiled_step: bool
-    fast_exp: bool  # loss, SwiGLU and attention on workbench/training/fastmath.py's exp
+    fast_kernels: tuple[str, ...]  # of loss, swiglu, attention: those on fastmath.py's exp
     blas: str | None  # the CPU BLAS MLX uses
     kernel_cache: str | None  # MLX_PTX_CACHE_DIR on CUDA
     memory_limit_mb: int | None
     cache_limit_mb: int | None
+    calibration: dict | None = None  # what the CPU choices were measured to be, on this machine
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +82,10 @@ def use_kernel_cache(home: Path) -> str:
     return os.environ.setdefault("MLX_PTX_CACHE_DIR", str(folder))
 
 
-def choose(memory_limit_mb: int | None = None, cache_limit_mb: int | None = None) -> ComputePolicy:
+def choose(memory_limit_mb: int | None = None, cache_limit_mb: int | None = None,
+           fast_kernels: str = "auto") -> ComputePolicy:
+    """The policy before the model is known; on the CPU, `calibrated` then settles what `auto` left
+    open (the fast kernels stay off until measured faster)."""
     gpu = current_backend() == "gpu"
     info = mx.device_info()
     return ComputePolicy(
@@ -88,12 +95,28 @@ def choose(memory_limit_mb: int | None = None, cache_limit_mb: int | None = None
         quantized_products="mlx-quantized-kernels" if gpu else "dequantize-to-fp32",
         lora_products="bfloat16" if gpu else "float32",
         compiled_step=True,
-        fast_exp=not gpu and platform.machine().lower() in ("x86_64", "amd64"),
+        fast_kernels=calibration.FAST_KERNELS if fast_kernels == "on" and not gpu else (),
         blas=None if gpu else blas.load_fast_blas().library,
         kernel_cache=os.environ.get("MLX_PTX_CACHE_DIR") if gpu else None,
         memory_limit_mb=memory_limit_mb,
         cache_limit_mb=cache_limit_mb if cache_limit_mb is not None or gpu
         else memory_limit_mb or psutil.virtual_memory().total // _MB,
+    )
+
+
+def calibrated(chosen: ComputePolicy, model: nn.Module, batch_size: int, max_seq_length: int, home: Path,
+               fast_kernels: str = "auto", cache_limit_mb: int | None = None) -> ComputePolicy:
+    """On the CPU, the choices the job left to measurement (`fast_kernels` auto, no `cache_limit_mb`)
+    as calibration found them on this machine at the job's shapes; anything forced stays as it is."""
+    if chosen.backend != "cpu" or (fast_kernels != "auto" and cache_limit_mb is not None):
+        return chosen
+    found = calibration.calibrate(model, batch_size, max_seq_length, home, chosen.cache_limit_mb)
+    return replace(
+        chosen,
+        fast_kernels=tuple(found.fast_kernels) if fast_kernels == "auto" else chosen.fast_kernels,
+        cache_limit_mb=calibration.MLX_DEFAULT_CACHE_MB
+        if cache_limit_mb is None and found.cache_limit == "mlx-default" else chosen.cache_limit_mb,
+        calibration=found.model_dump(),
     )
 
 

@@ -8,7 +8,6 @@ optimizer state, step and data position, and a clean stop between steps.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ class TrainingRun:
         self.settings = settings
         self.reporter = reporter
         self.should_stop = should_stop  # returns None, or why to stop now
-        self.policy = policy.choose(config.memory_limit_mb, config.cache_limit_mb)
+        self.policy = policy.choose(config.memory_limit_mb, config.cache_limit_mb, config.fast_kernels)
         self.lora_keys: list[str] | None = None  # mlx-lm's paths of lora_targets, once the model is known
 
     # Setting up ---------------------------------------------------------------------------------
@@ -93,6 +92,21 @@ class TrainingRun:
         # policy lets grow to the memory limit: give them back, or QLoRA would hold the fp32 model.
         mx.clear_cache()
         return model, tokenizer
+
+    def _calibrate(self, model) -> None:
+        """Settle the CPU choices the job left to measurement, then report the policy it runs."""
+        cfg = self.config
+        self.policy = policy.calibrated(self.policy, model, cfg.batch_size, cfg.max_seq_length,
+                                        self.settings.home_dir, cfg.fast_kernels, cfg.cache_limit_mb)
+        measured = self.policy.calibration
+        if measured:
+            how = "as measured before on this machine" if measured["cached"] else \
+                f"measured in {measured['seconds']} s"
+            fast, cache = ", ".join(self.policy.fast_kernels) or "none", self.policy.cache_limit_mb
+            self.reporter.note(f"CPU kernels: fast exp for {fast}, cache limit {cache} MB ({how})",
+                               {"calibration": measured})
+        policy.apply_limits(self.policy)
+        self.reporter.policy(self.policy.as_dict())
 
     def _lora_layers(self, model) -> int:
         wanted = self.config.lora_layers
@@ -145,8 +159,8 @@ class TrainingRun:
         cfg = self.config
         mx.random.seed(cfg.seed)
         policy.apply_limits(self.policy)
-        self.reporter.policy(self.policy.as_dict())
         model, tokenizer = self.load_model()
+        self._calibrate(model)
 
         self.reporter.phase("loading_data", f"preparing {cfg.dataset_path or cfg.dataset}")
         data = build(DataSpec.from_config(cfg), tokenizer, self.settings)
@@ -173,11 +187,10 @@ class TrainingRun:
 
         # The fast SwiGLU and attention must be in place while the step is traced (at its first call,
         # and again at each new batch shape), so for the whole loop.
-        kernels = fastmath.model_kernels(model) if self.policy.fast_exp else contextlib.nullcontext([])
-        with kernels as swapped:
+        with fastmath.model_kernels(model, self.policy.fast_kernels) as swapped:
             if swapped:
-                self.reporter.note(f"x86-64 CPU: the model's {' and '.join(swapped)} use the fast exp",
-                                   {"fast_kernels": swapped})
+                self.reporter.note(f"the model's {' and '.join(swapped)} use the fast exp (measured faster "
+                                   "on this CPU)", {"fast_kernels": swapped})
             step, stopped = self._train(model, optimizer, train, data, start, total)
         if stopped:
             return RunOutcome(stopped, step, None)
@@ -235,7 +248,8 @@ class TrainingRun:
         """The compiled micro-step, shaped as mlx-lm's own: gradients add up over micro-batches and
         the optimizer updates on the last one (gradients clipped to `max_grad_norm`)."""
         cfg = self.config
-        loss_and_grad = nn.value_and_grad(model, losses.loss_function(cfg.packing, self.policy.fast_exp))
+        loss_and_grad = nn.value_and_grad(model, losses.loss_function(cfg.packing,
+                                                                      "loss" in self.policy.fast_kernels))
         state = [model.state, optimizer.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
