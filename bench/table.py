@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError
@@ -40,7 +42,7 @@ def row(measure, value, peer="-", ratio=None, goal="-", met=None) -> list[str]:
             "-" if met is None else ("yes" if met else "NO")]
 
 
-def print_table(rows: list[list[str]]) -> None:
+def print_table(rows: list[list[str]], flush: bool = False) -> None:
     head = ["measure", "value", "peer", "ratio", "goal", "met"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
@@ -51,3 +53,5 @@ def print_table(rows: list[list[str]]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
+    if flush:
+        sys.stdout.flush()

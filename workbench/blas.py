@@ -10,6 +10,8 @@ on their AVX-512 CPUs the detected kernels (Cooperlake) ran an fp32 matmul at 44
 So MLX's OpenBLAS picks its own kernels unless WORKBENCH_BLAS_CORETYPE says otherwise: `inherit`
 keeps OPENBLAS_CORETYPE, a core name (Haswell, SkylakeX...) forces one, e.g. where detection fails.
 The variable is put back as it was once the library has loaded, for every other program and library.
+Training workers go further: `calibrate_core` times each core the CPU can run and the worker takes
+the fastest (workbench/training/worker.py).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +114,64 @@ def load_fast_blas() -> BlasInfo:
             _active.detail,
         )
     return _active
+
+
+# How OpenBLAS's kernels are timed for a core type: a fresh process loads OpenBLAS with that core
+# (it reads OPENBLAS_CORETYPE only when it loads) and multiplies at a LoRA step's typical shape.
+_TIME_CORE = """
+import json, time, workbench, mlx.core as mx
+from workbench.blas import load_fast_blas
+a, b = mx.random.normal((256, 1024)), mx.random.normal((1024, 3072))
+mx.eval(a, b)
+for _ in range(3):
+    mx.eval(a @ b)
+tic, n = time.perf_counter(), 10
+for _ in range(n):
+    mx.eval(a @ b)
+info = load_fast_blas()
+print(json.dumps({"core": info.detail.split()[-2] if info.fast else None,
+                  "gflops": round(2 * 256 * 1024 * 3072 * n / (time.perf_counter() - tic) / 1e9, 1)}))
+"""
+
+
+def core_candidates(flags: set[str]) -> list[str]:
+    """WORKBENCH_BLAS_CORETYPE values worth timing on a CPU with these flags: what OpenBLAS detects,
+    what the platform sets (OPENBLAS_CORETYPE), and the cores the instruction set can run. A virtual
+    machine's CPU can hide its model, and OpenBLAS 0.3.21 then ran an AMX Xeon on its SSE3 (Prescott)
+    kernels: 10 tokens/s for a Qwen3-0.6B LoRA step where PyTorch did 51 (bench/RESULTS.md)."""
+    candidates = ["auto"] + (["inherit"] if os.environ.get("OPENBLAS_CORETYPE") else [])
+    candidates += [core for core, needs in (("Cooperlake", "avx512_bf16"), ("SkylakeX", "avx512f"),
+                                            ("Haswell", "avx2")) if needs in flags]
+    return candidates
+
+
+def calibrate_core(cache: Path, flags: set[str], candidates: list[str] | None = None,
+                   measure: bool = True, timeout: float = 60.0) -> dict | None:
+    """The fastest OpenBLAS core type on this machine, measured once (a few seconds) and cached in
+    `cache`: {"choice": a WORKBENCH_BLAS_CORETYPE value, "gflops": {candidate: GFLOP/s}, "cores":
+    {candidate: the core OpenBLAS ran}}. Without `measure`, only what is cached (or None)."""
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        if not measure:
+            return None
+    gflops, cores = {}, {}
+    for candidate in candidates or core_candidates(flags):
+        env = os.environ | {"WORKBENCH_BLAS_CORETYPE": candidate}
+        try:
+            done = subprocess.run([sys.executable, "-c", _TIME_CORE], env=env, capture_output=True,
+                                  text=True, timeout=timeout, check=True)
+            found = json.loads(done.stdout.strip().splitlines()[-1])
+        except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+            log.warning("could not time OpenBLAS core %s: %s", candidate, exc)
+            continue
+        if found["core"] and found["core"] not in cores.values():  # the same core twice: time it once
+            gflops[candidate], cores[candidate] = found["gflops"], found["core"]
+    if not gflops:
+        return {"choice": "auto", "gflops": {}, "cores": {}}
+    result = {"choice": max(gflops, key=gflops.get), "gflops": gflops, "cores": cores}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(result))
+    os.replace(temporary, cache)
+    return result

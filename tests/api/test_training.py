@@ -313,6 +313,12 @@ def test_a_job_reports_how_it_computes_and_its_useful_and_raw_throughput(svc):
     assert done["policy"]["compute_dtype"] == "float32"
     assert done["policy"]["quantized_products"] == "dequantize-to-fp32"
     assert done["policy"]["memory_limit_mb"] == 4096 and done["policy"]["cache_limit_mb"] == 64
+    # The CPU kernels were measured on this machine, and the figures they were chosen on are shown.
+    measured = done["policy"]["calibration"]
+    assert set(measured["timings_ms"]) == {"block", "loss"}  # the cache limit was forced: not measured
+    block = measured["timings_ms"]["block"]
+    assert ("swiglu" in done["policy"]["fast_kernels"]) == (block["swiglu"] < block["mlx"])
+    assert done["policy"]["blas_core"] and measured["blas"]["choice"] in measured["blas"]["gflops"]
     assert 0 < done["useful_tokens_per_s"] <= done["raw_tokens_per_s"]
     steps = svc.get("/train/packed_qlora/metrics").json()["steps"]
     assert all(row["useful_tokens_per_s"] and row["peak_memory_mb"] for row in steps)

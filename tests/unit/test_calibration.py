@@ -91,3 +91,18 @@ def test_calibration_leaves_the_run_s_random_state_alone(tiny, tmp_path):
     calibration.calibrate(model, 2, 64, tmp_path, None)
     assert mx.random.uniform(shape=(4,)).tolist() == expected
     assert isinstance(model.layers[0].mlp, nn.Module)  # the model is left as it was
+
+
+def test_the_openblas_core_measured_fastest_is_chosen_and_kept(tmp_path):
+    from workbench import blas
+
+    cache = tmp_path / "blas.json"
+    # Prescott: OpenBLAS's SSE3 kernels, several times slower than what it detects on any x86-64 CPU
+    # that runs the suite.
+    found = blas.calibrate_core(cache, set(), candidates=["Prescott", "auto"])
+    assert found["choice"] == "auto", found
+    assert found["gflops"]["Prescott"] < found["gflops"]["auto"]
+    assert found["cores"]["Prescott"] == "Prescott"
+    assert blas.calibrate_core(cache, set(), candidates=["Prescott"]) == found  # cached: not measured again
+    assert blas.core_candidates({"avx2", "avx512f"})[0] == "auto"
+    assert "SkylakeX" in blas.core_candidates({"avx2", "avx512f"})

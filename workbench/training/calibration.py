@@ -26,6 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from pydantic import BaseModel
 
+from workbench import blas
 from workbench.training import fastmath, losses
 
 FAST_KERNELS = ("loss", "swiglu", "attention")
@@ -62,6 +63,27 @@ def cpu_identity() -> dict[str, str]:
     model = info.get("model name") or platform.processor() or platform.machine()
     flags = " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
     return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "mlx": mx.__version__}
+
+
+def blas_core(home: Path, measure: bool = True) -> dict | None:
+    """The OpenBLAS core type measured fastest on this machine (blas.calibrate_core), cached under
+    the home by CPU and library. Only for the OpenBLAS the workbench loads on Linux; without
+    `measure`, only a decision already cached."""
+    info = blas.load_fast_blas()
+    if info.library != "openblas":
+        return None
+    identity = cpu_identity()
+    text = json.dumps({**identity, "library": info.path}, sort_keys=True)
+    cache = home / "cache" / "calibration" / f"blas-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                break
+    except OSError:
+        pass
+    return blas.calibrate_core(cache, flags, measure=measure)
 
 
 def job_shape(model: nn.Module, batch_size: int, max_seq_length: int) -> dict[str, int]:

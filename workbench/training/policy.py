@@ -57,6 +57,7 @@ class ComputePolicy:
     compiled_step: bool
     fast_kernels: tuple[str, ...]  # of loss, swiglu, attention: those on fastmath.py's exp
     blas: str | None  # the CPU BLAS MLX uses
+    blas_core: str | None  # the kernels OpenBLAS runs: the core type measured fastest (calibration.blas_core)
     kernel_cache: str | None  # MLX_PTX_CACHE_DIR on CUDA
     memory_limit_mb: int | None
     cache_limit_mb: int | None
@@ -97,6 +98,7 @@ def choose(memory_limit_mb: int | None = None, cache_limit_mb: int | None = None
         compiled_step=True,
         fast_kernels=calibration.FAST_KERNELS if fast_kernels == "on" and not gpu else (),
         blas=None if gpu else blas.load_fast_blas().library,
+        blas_core=None if gpu else _blas_core(blas.load_fast_blas()),
         kernel_cache=os.environ.get("MLX_PTX_CACHE_DIR") if gpu else None,
         memory_limit_mb=memory_limit_mb,
         cache_limit_mb=cache_limit_mb if cache_limit_mb is not None or gpu
@@ -110,14 +112,21 @@ def calibrated(chosen: ComputePolicy, model: nn.Module, batch_size: int, max_seq
     as calibration found them on this machine at the job's shapes; anything forced stays as it is."""
     if chosen.backend != "cpu" or (fast_kernels != "auto" and cache_limit_mb is not None):
         return chosen
-    found = calibration.calibrate(model, batch_size, max_seq_length, home, chosen.cache_limit_mb)
+    # The cache limit is measured only when the job left it open.
+    found = calibration.calibrate(model, batch_size, max_seq_length, home,
+                                  chosen.cache_limit_mb if cache_limit_mb is None else None)
     return replace(
         chosen,
         fast_kernels=tuple(found.fast_kernels) if fast_kernels == "auto" else chosen.fast_kernels,
         cache_limit_mb=calibration.MLX_DEFAULT_CACHE_MB
         if cache_limit_mb is None and found.cache_limit == "mlx-default" else chosen.cache_limit_mb,
-        calibration=found.model_dump(),
+        calibration=found.model_dump() | {"blas": calibration.blas_core(home, measure=False)},
     )
+
+
+def _blas_core(info: blas.BlasInfo) -> str | None:
+    """OpenBLAS's core, from its configuration line ("OpenBLAS 0.3.21 ... Cooperlake MAX_THREADS=64")."""
+    return info.detail.split()[-2] if info.library == "openblas" else None
 
 
 def apply_limits(policy: ComputePolicy) -> None:

@@ -116,9 +116,24 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
     return "failed"
 
 
+def use_fastest_blas_core(settings: Settings, argv: list[str]) -> None:
+    """On the CPU, unless WORKBENCH_BLAS_CORETYPE forces one: run on the OpenBLAS core type measured
+    fastest here. OpenBLAS reads its core only when it loads, which the import of `workbench` did, so
+    a different choice restarts this worker in place (same pid, the choice in its environment)."""
+    if "WORKBENCH_BLAS_CORETYPE" in os.environ or current_backend() != "cpu":
+        return
+    from workbench.training.calibration import blas_core
+
+    choice = (blas_core(settings.home_dir) or {"choice": "auto"})["choice"]
+    os.environ["WORKBENCH_BLAS_CORETYPE"] = choice
+    if choice != "auto":
+        os.execv(sys.executable, [sys.executable, "-m", "workbench.training.worker", *argv[1:]])
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    use_fastest_blas_core(settings, argv)
     use_kernel_cache(settings.home_dir)
     store = JobStore(settings.home_dir / "workbench.db")
     status = run_job(argv[1], settings, store, StopSignals())
