@@ -12,12 +12,15 @@ Rows, each measured in this run:
   clipped to 1.2e-38) and as it is (masked scores exactly 0), against MLX's own softmax.
 - the bare compiled LoRA step (bench/bare_step.py) with the fast kernels off (as mlx-lm computes),
   forced on, and as calibration chooses them (auto), with what it chose.
+- OpenBLAS's product speed on each core type this CPU can run, against the core it detects; the
+  run then goes on with the fastest, as a training worker does (workbench/training/worker.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -40,6 +43,27 @@ parser.add_argument("--steps", type=int, default=5)
 parser.add_argument("--warmup", type=int, default=2)
 parser.add_argument("--quick", action="store_true", help="toy size on the tiny model (CI's smoke run)")
 parser.add_argument("--json", type=Path, help="also write the figures here")
+parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "wb-bench-kernels",
+                    help="where calibrations are cached (kept across the restart on the fastest BLAS core)")
+
+
+def blas_rows(home: Path) -> list[list[str]]:
+    """OpenBLAS on each core type, against the one it detects; restarts this script on the fastest."""
+    from workbench.training import calibration
+
+    found = calibration.blas_core(home) or {"choice": "auto", "gflops": {}, "cores": {}}
+    if "WORKBENCH_BLAS_CORETYPE" not in os.environ and found["choice"] != "auto":
+        os.environ["WORKBENCH_BLAS_CORETYPE"] = found["choice"]
+        os.execv(sys.executable, [sys.executable, *sys.argv])  # OpenBLAS reads its core only when it loads
+    detected = found["gflops"].get("auto")
+    rows = []
+    for candidate, gflops in found["gflops"].items():
+        chosen = " (chosen)" if candidate == found["choice"] else ""
+        core = found["cores"][candidate]
+        rows.append(row(f"OpenBLAS fp32 product on {core} ({candidate}){chosen}: GFLOP/s",
+                        f"{gflops:.0f}", f"{detected:.0f}" if detected else "-",
+                        gflops / detected if detected else None))
+    return rows
 
 
 def best_ms(run, repeats: int = 3) -> float:
@@ -114,11 +138,12 @@ def main() -> int:
     if args.quick:
         args.model, args.batch, args.seq, args.steps, args.warmup = "tiny", 2, 64, 4, 2
     print(machine_line(), flush=True)
+    rows = blas_rows(args.home)
     with tempfile.TemporaryDirectory(prefix="wb-bench-kernels-") as scratch:
         models = (args.models or Path(scratch) / "models").expanduser().resolve()
         folder = fp32_copy(build_models(models, [args.model])[args.model])
         # Small: where every product is subnormal, an Intel core may take 100 times as long.
-        rows = subnormal_rows(128 if args.quick else 256)
+        rows += subnormal_rows(128 if args.quick else 256)
         print_table(rows, flush=True)  # as they come: a run cut short still shows them
         rows += attention_rows(folder, args.batch, args.seq)
         print_table(rows[-2:], flush=True)

@@ -30,3 +30,15 @@ def test_training_benchmark_runs_and_prints_its_table(models_dir):
     for measure in ("tokens/s", "time to first step", "full rows", "QLoRA int4", "QLoRA int8", "BLAS bound",
                     "LoRA-free floor", "useful tokens/s", "packing true"):
         assert measure in done.stdout
+
+
+def test_cpu_kernels_benchmark_names_its_cpu_and_prints_each_choice(models_dir, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "bench/cpu_kernels.py", "--quick", "--models", models_dir, "--home", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.startswith("cpu: ")
+    for measure in ("OpenBLAS fp32 product on", "(chosen)", "on 1.2e-38 vs on 1.0", "masked scores 0",
+                    "fast kernels on", "fast kernels auto", "calibration took"):
+        assert measure in done.stdout
