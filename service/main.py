@@ -6,9 +6,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
 
 import workbench
 from service.errors import install_error_handlers
+from service.guard import RequestGuard
 from service.routes import generate, openai_compat, providers, system, training
 from workbench.core import Workbench
 from workbench.providers.litellm_bridge import route_litellm_logs
@@ -16,8 +19,19 @@ from workbench.providers.secrets import redactor
 from workbench.settings import Settings
 
 
+def load_settings() -> Settings:
+    """The settings, or the end of start-up with one clear line (no traceback) saying what to fix."""
+    try:
+        settings = Settings()
+        settings.check_token()
+    except (ValidationError, ValueError) as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+    return settings
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
+    settings.check_token()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     route_litellm_logs(settings.log_level)
     redactor.install()
@@ -38,6 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(RequestGuard, settings=settings)  # added last: runs first, before CORS
     for module in (system, providers, generate, openai_compat, training):
         app.include_router(module.router)
     return app
