@@ -17,6 +17,7 @@ from workbench.core import Workbench
 from workbench.providers.litellm_bridge import route_litellm_logs
 from workbench.providers.secrets import redactor
 from workbench.settings import Settings
+from workbench.training import dbfile
 
 
 def load_settings() -> Settings:
@@ -35,10 +36,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     route_litellm_logs(settings.log_level)
     redactor.install()
+    try:  # here, not in the lifespan, whose failures end in a traceback instead of this one line
+        moved_aside = dbfile.check(settings.home_dir / "workbench.db")
+    except dbfile.DatabaseDamaged as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         bench = Workbench(settings)
+        bench.store.moved_aside = bench.store.moved_aside or moved_aside
         app.state.workbench = bench
         bench.warm_up()
         yield

@@ -39,6 +39,12 @@ class HealthResponse(BaseModel):
     blas: dict
 
 
+class BackupResponse(BaseModel):
+    path: str = Field(description="The copy: one self-contained SQLite file, checked after writing.")
+    bytes: int
+    jobs: int = Field(description="Jobs the copy holds.")
+
+
 class StatusResponse(BaseModel):
     status: str
     server_info: dict = Field(

@@ -10,6 +10,9 @@ import time
 import uuid
 from pathlib import Path
 
+from workbench.files import make_private
+from workbench.training import dbfile
+
 ACTIVE = ("queued", "running")
 RESUMABLE = ("stopped", "failed", "interrupted")
 TERMINAL = ("completed", "failed", "stopped", "interrupted")
@@ -87,9 +90,20 @@ _JSON_FIELDS = ("error", "policy")
 
 
 class JobStore:
-    def __init__(self, path: Path):
+    """`check=True` (the service at start): a damaged database is moved aside and a new one started,
+    its name kept in `moved_aside`; `check=False` (workers): opened as it is."""
+
+    def __init__(self, path: Path, check: bool = False):
         self.path = path
+        self.moved_aside: dict | None = None
         self._lock = threading.Lock()
+        if check:
+            self.moved_aside = dbfile.check(path)
+        if not path.exists():
+            dbfile.create(path, _SCHEMA)
+        # Owner-only, as an older workbench may have left them: worker log tails, judge answers.
+        for suffix in ("", *dbfile.SIDE_FILES):
+            make_private(Path(f"{path}{suffix}"))
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -99,6 +113,8 @@ class JobStore:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
         self._migrate()
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != dbfile.MARKER:
+            self._db.execute(f"PRAGMA user_version={dbfile.MARKER}")  # a store from before the marker
 
     def _migrate(self) -> None:
         for table, columns in _ADDED.items():
@@ -210,6 +226,10 @@ class JobStore:
             "SELECT job_id FROM jobs WHERE experiment_name = ? ORDER BY created_at", (experiment_name,)
         )
         return [r["job_id"] for r in rows]
+
+    def backup(self, dest: Path) -> dict:
+        """A consistent copy while jobs go on writing: path, bytes, jobs."""
+        return dbfile.backup(self.path, dest)
 
     def close(self) -> None:
         with self._lock:
