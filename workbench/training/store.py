@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     backend TEXT,
     error TEXT,
     pid INTEGER,
-    resume INTEGER NOT NULL DEFAULT 0
+    resume INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (experiment_name, created_at);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -83,7 +84,7 @@ _JOB_FIELDS = {
 
 # Columns added after the first release: a store written by an older workbench gets them on open.
 _ADDED = {
-    "jobs": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL", "policy TEXT"),
+    "jobs": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL", "policy TEXT", "request_id TEXT"),
     "metrics": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL"),
 }
 _JSON_FIELDS = ("error", "policy")
@@ -122,6 +123,9 @@ class JobStore:
             for column in columns:
                 if column.split()[0] not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        # One job per client request id: a retried start finds the job instead of making another.
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id)"
+                         " WHERE request_id IS NOT NULL")
 
     def _run(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -130,14 +134,14 @@ class JobStore:
     # Jobs ---------------------------------------------------------------------------------------
 
     def create(self, experiment_name: str, config: dict, run_dir: Path, model_path: str,
-               status: str = "queued") -> dict:
+               status: str = "queued", request_id: str | None = None) -> dict:
         job_id = f"job-{uuid.uuid4().hex[:12]}"
         now = time.time()
         self._run(
             "INSERT INTO jobs (job_id, experiment_name, config, status, phase, created_at, updated_at,"
-            " run_dir, model_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " run_dir, model_path, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, experiment_name, json.dumps(config), status, status, now, now, str(run_dir / job_id),
-             model_path),
+             model_path, request_id),
         )
         self.event(job_id, "message", f"job created for experiment {experiment_name}")
         return self.get(job_id)
@@ -155,6 +159,10 @@ class JobStore:
 
     def get(self, job_id: str) -> dict | None:
         rows = self._run("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def by_request(self, request_id: str) -> dict | None:
+        rows = self._run("SELECT * FROM jobs WHERE request_id = ?", (request_id,))
         return _job(rows[0]) if rows else None
 
     def latest(self, experiment_name: str) -> dict | None:
