@@ -44,6 +44,9 @@ def create(path: Path, schema: str) -> None:
         os.link(tmp, path)  # unlike a rename, never replaces a database another process just made
     except FileExistsError:
         pass
+    except OSError:  # a filesystem without hard links: rename, checking first (a narrow race)
+        if not path.exists():
+            os.rename(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     sync_folder(path.parent)
