@@ -51,24 +51,26 @@ class Redactor(logging.Filter):
 
     def __init__(self):
         super().__init__()
-        self._forms: dict[str, str] = {}  # form -> its mask, longest forms first
+        self._forms: dict[str, str] = {}  # form -> its mask
+        self._pattern: re.Pattern | None = None  # every form, longest first: one pass over a text
         self._lock = threading.Lock()
 
     def add(self, key: str | None) -> None:
         if key and len(key) >= 4:
             mask = mask_key(key) or "***"
             with self._lock:
-                forms = self._forms | {form: mask for form in key_forms(key)}
-                self._forms = dict(sorted(forms.items(), key=lambda item: -len(item[0])))
+                self._forms = self._forms | {form: mask for form in key_forms(key)}
+                longest_first = sorted(self._forms, key=len, reverse=True)
+                self._pattern = re.compile("|".join(map(re.escape, longest_first)))
 
     def __call__(self, text: str) -> str:
-        for form, mask in self._forms.items():  # a snapshot: add() swaps the dict, never edits it
-            if form in text:
-                text = text.replace(form, mask)
-        return text
+        pattern, forms = self._pattern, self._forms  # add() swaps both, never edits them
+        if pattern is None:
+            return text
+        return pattern.sub(lambda match: forms.get(match.group(), "***"), text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._forms:
+        if self._pattern is not None:
             message = record.getMessage()
             clean = self(message)
             if clean != message or record.exc_info:
