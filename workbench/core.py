@@ -112,6 +112,12 @@ class Workbench:
         return {"path": str(self.store.path), "moved_aside_at_start": self.store.moved_aside,
                 "damaged_copies": [str(p) for p in damaged_copies(self.settings.home_dir)]}
 
+    def database_problems(self) -> list[str]:
+        """For /health: damaged databases moved aside and not yet dealt with."""
+        copies = self.database()["damaged_copies"]
+        return [f"a damaged job database was moved aside to {copy}: the history it held is not shown; "
+                "restore a backup, or delete it once dealt with" for copy in copies]
+
     def backup(self, dest: Path | None = None) -> dict:
         """An online copy of the job database; by default under <home>/backups/."""
         if dest is None:

@@ -14,9 +14,8 @@ def health(request: Request) -> dict:
     """Readiness: MLX, BLAS, memory and device. Needs no token."""
     report = system_health()
     bench = getattr(request.app.state, "workbench", None)
-    for copy in bench.database()["damaged_copies"] if bench else ():
-        report["problems"].append(f"a damaged job database was moved aside to {copy}: the history it held "
-                                  "is not shown; restore a backup, or delete it once dealt with")
+    if problems := bench.database_problems() if bench else []:
+        report["problems"] += problems
         report["status"] = "degraded"
     return report
 
