@@ -80,20 +80,20 @@ class RequestGuard:
                     "WORKBENCH_API_TOKEN: set one to serve other machines")
         host = host_name(headers.get("host", ""))
         if not self._host_allowed(host, scope):
-            return (421, "host", f"Host {host!r} is not an address of this service: add it to "
+            return (421, "host", f"Host {host[:100]!r} is not an address of this service: add it to "
                     "WORKBENCH_ALLOWED_HOSTS to serve it under that name")
         if scope["method"] in _SAFE_METHODS:
             return None
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, headers.get("host", "")):
-            return (403, "origin", f"requests from web pages at {origin} are not accepted: "
+            return (403, "origin", f"requests from web pages at {origin[:100]} are not accepted: "
                     "add the origin to WORKBENCH_CORS_ORIGINS to allow them")
         length = headers.get("content-length", "0").strip()
         has_body = length not in ("", "0") or "transfer-encoding" in headers
         content_type = headers.get("content-type", "")
         if has_body and not is_json(content_type):
             return (415, "content-type", f"the body must be JSON, sent as 'Content-Type: application/json' "
-                    f"(got {content_type or 'none'!r})")
+                    f"(got {content_type[:100] or 'none'!r})")
         return None
 
     def _host_allowed(self, host: str, scope) -> bool:
