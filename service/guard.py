@@ -60,6 +60,8 @@ class RequestGuard:
         self.app = app
         self.settings = settings
         self.allowed_hosts = {h.lower().strip("[]") for h in settings.allowed_hosts}
+        if settings.host not in ("0.0.0.0", "::"):  # WORKBENCH_HOST may be a name: it is ours
+            self.allowed_hosts.add(settings.host.lower().strip("[]"))
         self.cors_origins = {o.rstrip("/").lower() for o in settings.cors_origins}
 
     async def __call__(self, scope, receive, send):

@@ -75,6 +75,8 @@ def test_a_listed_host_name_is_served():
     app = guarded_app(allowed_hosts="workbench.lan, other.lan")
     assert call(app, "GET", "/thing", headers={"Host": "workbench.lan:8200"}).status_code == 200
     assert call(app, "GET", "/thing", headers={"Host": "third.lan"}).status_code == 421
+    named = guarded_app(host="myhost.lan", api_token=TOKEN)  # the name WORKBENCH_HOST binds to
+    assert call(named, "GET", "/thing", headers={"Host": "myhost.lan:8200"}).status_code == 200
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
