@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -18,6 +19,7 @@ from workbench.providers.litellm_bridge import route_litellm_logs
 from workbench.providers.secrets import redactor
 from workbench.settings import Settings
 from workbench.training import dbfile
+from workbench.training.store import JobStore
 
 
 def load_settings() -> Settings:
@@ -30,16 +32,28 @@ def load_settings() -> Settings:
     return settings
 
 
+def open_database(settings: Settings) -> dict | None:
+    """Check (a damaged one is moved aside: answered) and open the job database once, here rather
+    than in the lifespan, whose failures end in a traceback instead of one line saying what to do."""
+    path = settings.home / "workbench.db"
+    try:
+        path = settings.home_dir / "workbench.db"
+        store = JobStore(path, check=True)
+    except dbfile.DatabaseDamaged as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise SystemExit(f"refusing to start: cannot open or create {path}: {exc}") from None
+    store.close()
+    return store.moved_aside
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     settings.check_token()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     route_litellm_logs(settings.log_level)
     redactor.install()
-    try:  # here, not in the lifespan, whose failures end in a traceback instead of this one line
-        moved_aside = dbfile.check(settings.home_dir / "workbench.db")
-    except dbfile.DatabaseDamaged as exc:
-        raise SystemExit(f"refusing to start: {exc}") from None
+    moved_aside = open_database(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
