@@ -10,6 +10,7 @@ from workbench.settings import Settings
 def main() -> int:
     settings = Settings()
     try:
+        settings.check_token()
         settings.check_bind()
     except ValueError as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from workbench.errors import InputError
+from workbench.errors import InputError, StorageError
 from workbench.providers.router import AllProvidersFailed
 
 log = logging.getLogger("service")
@@ -48,6 +48,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         error = {"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_input"}
         return _answer(request, exc.status, [error])
+
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError) -> JSONResponse:
+        # 507: the request was fine, the home folder could not keep it; nothing was half-written.
+        log.error("%s", exc)
+        name = getattr(exc.path, "name", str(exc.path))
+        error = {"loc": ["storage", name], "type": "storage_full" if exc.full else "storage_error",
+                 "msg": f"could not write {name}: {exc.reason}; nothing was changed. "
+                        "Free space (or fix permissions) in the workbench home folder and retry."}
+        return _answer(request, 507, [error])
 
     @app.exception_handler(AllProvidersFailed)
     async def _no_provider(request: Request, exc: AllProvidersFailed) -> JSONResponse:

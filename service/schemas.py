@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from workbench.providers.params import ProviderName
+from workbench.training.config import TrainingConfig
 
 
 class GenerateResponse(BaseModel):
@@ -37,6 +38,12 @@ class HealthResponse(BaseModel):
     memory_usage: dict
     device: dict
     blas: dict
+
+
+class BackupResponse(BaseModel):
+    path: str = Field(description="The copy: one self-contained SQLite file, checked after writing.")
+    bytes: int
+    jobs: int = Field(description="Jobs the copy holds.")
 
 
 class StatusResponse(BaseModel):
@@ -86,6 +93,19 @@ class FallbackRequest(BaseModel):
 
 class FallbackResponse(BaseModel):
     order: list[str]
+
+
+class StartRequest(TrainingConfig):
+    """What `POST /train/start` takes: a training configuration, and optionally a request id."""
+
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Any unique string of the client's: a retried request with the same id answers "
+        "the job it started instead of starting another (same as the Idempotency-Key header).",
+    )
+
+    def training_config(self) -> TrainingConfig:
+        return TrainingConfig.model_validate(self.model_dump(exclude={"request_id"}))
 
 
 class StartResponse(BaseModel):

@@ -1,4 +1,5 @@
 """`python -m workbench train config.yaml`: run a training job in the foreground, with a progress bar.
+`python -m workbench backup [DEST]`: copy the job database, also while the service runs.
 
 The job goes into the same store as the service's jobs, so the service and the notebooks list it
 and can serve what it trained.
@@ -79,6 +80,30 @@ def train(config_path: Path, resume: bool) -> int:
     return 0 if status == "completed" else 1
 
 
+def backup(dest: Path | None) -> int:
+    import sqlite3
+
+    from workbench.settings import Settings
+    from workbench.training import dbfile
+
+    settings = Settings()
+    source = settings.home_dir / "workbench.db"
+    if not source.exists():
+        print(f"{source}: no job database to back up", file=sys.stderr)
+        return 2
+    if dest is None:
+        dest = settings.home_dir / "backups"
+        dest.mkdir(mode=0o700, exist_ok=True)
+    try:
+        copy = dbfile.backup(source, dest)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"backup of {source} to {dest} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{copy['path']}: {copy['jobs']} jobs, {copy['bytes']} bytes. To restore: stop the service, "
+          f"copy it to {source}, start the service.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("train", help="run a training job from a YAML configuration")
     run.add_argument("config", type=Path, help="YAML with the fields of POST /train/start")
     run.add_argument("--resume", action="store_true", help="continue the experiment from its last checkpoint")
+    save = commands.add_parser("backup", help="copy the job database (safe while the service runs)")
+    save.add_argument("dest", type=Path, nargs="?",
+                      help="file or folder for the copy (default: <home>/backups/)")
     args = parser.parse_args(argv)
+    if args.command == "backup":
+        return backup(args.dest)
     return train(args.config, args.resume)
 
 

@@ -30,7 +30,8 @@ class Workbench:
         self.settings = settings or Settings()
         # CUDA kernels compiled by this process and its workers are kept for the next ones.
         use_kernel_cache(self.settings.home_dir)
-        self.store = JobStore(self.settings.home_dir / "workbench.db")
+        # Checked at start: a damaged database is moved aside (kept) and reported, never reused.
+        self.store = JobStore(self.settings.home_dir / "workbench.db", check=True)
         self.resolver = ModelResolver(self.settings, experiments=self._trained)
         self.local = LocalMLX(self.settings, self.resolver)
         self.router = ProviderRouter(self.settings, self.local)
@@ -98,10 +99,31 @@ class Workbench:
                 "home": str(self.settings.home_dir),
                 "default_model": self.settings.default_model,
                 "loaded_models": self.local.loaded_models(),
+                "database": self.database(),
             },
             "training_jobs": self.jobs.counts(),
             "memory_usage": memory_usage(),
         }
+
+    def database(self) -> dict:
+        """The job database's file, and any damaged one moved aside (at this start or before)."""
+        from workbench.training.dbfile import damaged_copies
+
+        return {"path": str(self.store.path), "moved_aside_at_start": self.store.moved_aside,
+                "damaged_copies": [str(p) for p in damaged_copies(self.settings.home_dir)]}
+
+    def database_problems(self) -> list[str]:
+        """For /health: damaged databases moved aside and not yet dealt with."""
+        copies = self.database()["damaged_copies"]
+        return [f"a damaged job database was moved aside to {copy}: the history it held is not shown; "
+                "restore a backup, or delete it once dealt with" for copy in copies]
+
+    def backup(self, dest: Path | None = None) -> dict:
+        """An online copy of the job database; by default under <home>/backups/."""
+        if dest is None:
+            dest = self.settings.home_dir / "backups"
+            dest.mkdir(mode=0o700, exist_ok=True)
+        return self.store.backup(dest)
 
     def close(self) -> None:
         """Release workers, engines and the store; a second call does nothing."""

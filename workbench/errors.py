@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class InputError(ValueError):
     """Bad input, found before any work starts. The service answers it with a 4xx."""
@@ -11,3 +13,15 @@ class InputError(ValueError):
         self.field = field
         self.message = message
         self.status = status
+
+
+class StorageError(OSError):
+    """A file under the home folder could not be written (disk full, read-only, no permission). The
+    service answers 507, naming the file and the reason; what was there before is left whole."""
+
+    def __init__(self, path, cause: OSError):
+        reason = cause.strerror or str(cause)
+        super().__init__(cause.errno, f"could not write {path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.full = cause.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# A token short enough to guess over the network protects nothing.
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -29,6 +33,16 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None,
         description="When set, every endpoint but /health needs `Authorization: Bearer <token>`.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the service answers besides its bound address, localhost, 127.0.0.1 "
+        "and [::1] (a defence against DNS rebinding): comma-separated or a JSON list; '*' allows any.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (https://app.example:8443) whose pages may call the service "
+        "(CORS), comma-separated or a JSON list; none by default, '*' for any.",
     )
     default_model: str = Field(
         default="tiny",
@@ -73,10 +87,25 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
 
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _list_of_names(cls, value: object) -> object:
+        """As `mlx_lm.server --allowed-origins` takes them: a list, or one string of names."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.replace(",", " ").split() if part]
+        return value
+
     @cached_property
     def home_dir(self) -> Path:
         path = self.home.expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Owner-only, even when it existed: the database holds worker logs and judge answers,
+        # providers.json holds keys, and runs/ hold what the models learnt.
+        if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
         return path
 
     @property
@@ -96,6 +125,14 @@ class Settings(BaseSettings):
 
     def requires_token(self) -> bool:
         return self.api_token is not None and bool(self.api_token.get_secret_value())
+
+    def check_token(self) -> None:
+        """Refuse a token too short to resist guessing; an empty one means no token."""
+        if self.requires_token() and len(self.api_token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"WORKBENCH_API_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters: use a long random "
+                "one, such as the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+            )
 
     def check_bind(self) -> None:
         """Refuse to listen beyond this machine without a token."""

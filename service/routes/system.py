@@ -1,21 +1,32 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.deps import Authorized, WorkbenchDep
-from service.schemas import HealthResponse, StatusResponse
+from service.schemas import BackupResponse, HealthResponse, StatusResponse
 from workbench.system import health as system_health
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/health", response_model=HealthResponse)
-def health() -> dict:
+def health(request: Request) -> dict:
     """Readiness: MLX, BLAS, memory and device. Needs no token."""
-    return system_health()
+    report = system_health()
+    bench = getattr(request.app.state, "workbench", None)
+    if problems := bench.database_problems() if bench else []:
+        report["problems"] += problems
+        report["status"] = "degraded"
+    return report
 
 
 @router.get("/status", response_model=StatusResponse, dependencies=[Authorized])
 def status(workbench: WorkbenchDep) -> dict:
     """Server information, training jobs and memory use."""
     return workbench.status()
+
+
+@router.post("/system/backup", response_model=BackupResponse, dependencies=[Authorized])
+def backup(workbench: WorkbenchDep) -> dict:
+    """Copy the job database while the service runs (SQLite's online backup) to <home>/backups/."""
+    return workbench.backup()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, Header
 from fastapi.concurrency import run_in_threadpool
@@ -10,22 +11,28 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
 from service.deps import Authorized, WorkbenchDep
-from service.schemas import FuseResponse, JobAction, JobStatus, MetricsResponse, StartResponse
-from workbench.training.config import TrainingConfig
+from service.schemas import FuseResponse, JobAction, JobStatus, MetricsResponse, StartRequest, StartResponse
+from workbench.errors import InputError
 from workbench.training.manager import describe
 from workbench.training.store import ACTIVE, TERMINAL
 
 router = APIRouter(prefix="/train", tags=["training"], dependencies=[Authorized])
 
 
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+                                              description="Same as the body's request_id.")]
+
 _EVENTS_DOC = {200: {"content": {"text/event-stream": {}},
                      "description": "Server-sent events; reconnect with Last-Event-ID to miss nothing."}}
 
 
 @router.post("/start", response_model=StartResponse)
-def start(config: TrainingConfig, workbench: WorkbenchDep) -> dict:
-    """Queue a training job; it starts at once when fewer than job_concurrency jobs run."""
-    job = workbench.jobs.start(config)
+def start(body: StartRequest, workbench: WorkbenchDep, idempotency_key: IdempotencyKey = None) -> dict:
+    """Queue a training job; it starts at once when fewer than job_concurrency jobs run. A retry with
+    the same request_id (or Idempotency-Key) answers the job it started."""
+    if body.request_id and idempotency_key and body.request_id != idempotency_key:
+        raise InputError("request_id", "differs from the Idempotency-Key header: send one, or the same")
+    job = workbench.jobs.start(body.training_config(), request_id=body.request_id or idempotency_key)
     return {"experiment_name": job["experiment_name"], "job_id": job["job_id"], "status": "started",
             "state": job["status"], "model_path": job["model_path"]}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from workbench.files import make_private, write_private
 from workbench.providers.catalog import PROVIDERS
 from workbench.providers.params import ProviderName
 from workbench.providers.secrets import redactor
@@ -61,7 +62,8 @@ class ProviderConfig(BaseModel):
 
 class ProviderStore:
     """`providers.json` under the home folder: configurations (keys included) and fallback order.
-    Written atomically with mode 0600, since it holds keys."""
+    Written atomically with mode 0600, since it holds keys: a write that fails (a full disk) leaves
+    the file and this object as they were, and raises StorageError."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -69,6 +71,7 @@ class ProviderStore:
         self.configs: dict[str, dict] = {}
         self.fallback: list[str] | None = None
         if path.exists():
+            make_private(path)
             data = json.loads(path.read_text())
             self.configs = data.get("providers", {})
             self.fallback = data.get("fallback")
@@ -85,25 +88,23 @@ class ProviderStore:
         }
         redactor.add(entry["api_key"])
         with self._lock:
-            self.configs[config.provider] = entry
-            self._save()
+            configs = self.configs | {config.provider: entry}
+            self._save(configs, self.fallback)
+            self.configs = configs
         return entry
 
     def remove(self, provider: str) -> bool:
         with self._lock:
-            found = self.configs.pop(provider, None) is not None
-            self._save()
+            configs = {k: v for k, v in self.configs.items() if k != provider}
+            self._save(configs, self.fallback)
+            found, self.configs = len(configs) != len(self.configs), configs
         return found
 
     def set_fallback(self, order: list[str] | None) -> None:
         with self._lock:
-            self.fallback = order
-            self._save()
+            self._save(self.configs, order)
+            self.fallback = copy.copy(order)
 
-    def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"providers": self.configs, "fallback": self.fallback}, handle, indent=2)
-        os.chmod(tmp, 0o600)  # in case the file existed with other bits
-        os.replace(tmp, self.path)
+    def _save(self, configs: dict, fallback: list[str] | None) -> None:
+        """The file first, this object after: a failed write changes nothing anywhere."""
+        write_private(self.path, json.dumps({"providers": configs, "fallback": fallback}, indent=2))

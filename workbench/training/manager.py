@@ -8,6 +8,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -63,9 +64,15 @@ class JobManager:
 
     # Requests -----------------------------------------------------------------------------------
 
-    def start(self, config: TrainingConfig, launch: bool = True) -> dict:
+    def start(self, config: TrainingConfig, launch: bool = True, request_id: str | None = None) -> dict:
         """Check everything a worker would trip on, then queue the job (and start it if there is room).
-        With launch=False the job is marked running for the caller to run in its own process."""
+        With launch=False the job is marked running for the caller to run in its own process.
+        A `request_id` seen before answers the job it started (a client's retry), never a second one."""
+        if request_id is not None:
+            with self._lock:
+                earlier = self.store.by_request(request_id)
+            if earlier is not None:
+                return self._replayed(earlier, config, request_id)
         model_name = config.model_name or self.settings.default_model
         try:
             resolved = self.resolver.resolve(model_name)
@@ -74,14 +81,23 @@ class JobManager:
         validate(DataSpec.from_config(config), self.settings)
         name = config.experiment_name
         with self._lock:
+            if request_id is not None and (earlier := self.store.by_request(request_id)) is not None:
+                return self._replayed(earlier, config, request_id)  # the same retry, sent twice at once
             current = self.store.latest(name)
             if current and current["status"] in ACTIVE:
                 raise InputError("experiment_name", f"{name} is already {current['status']}", status=409)
             job = self.store.create(name, config.model_dump(), self.run_root(name), resolved.path,
-                                    status="queued" if launch else "running")
+                                    status="queued" if launch else "running", request_id=request_id)
             if launch:
                 self._schedule()
         return self.store.get(job["job_id"])
+
+    @staticmethod
+    def _replayed(job: dict, config: TrainingConfig, request_id: str) -> dict:
+        if json.loads(json.dumps(config.model_dump())) != job["config"]:
+            raise InputError("request_id", f"{request_id!r} already started job {job['job_id']} with a "
+                             "different configuration: send a new request_id for a new job", status=409)
+        return job
 
     def stop(self, experiment_name: str) -> dict:
         job = self.job(experiment_name)

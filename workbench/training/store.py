@@ -10,6 +10,9 @@ import time
 import uuid
 from pathlib import Path
 
+from workbench.files import make_private
+from workbench.training import dbfile
+
 ACTIVE = ("queued", "running")
 RESUMABLE = ("stopped", "failed", "interrupted")
 TERMINAL = ("completed", "failed", "stopped", "interrupted")
@@ -42,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     backend TEXT,
     error TEXT,
     pid INTEGER,
-    resume INTEGER NOT NULL DEFAULT 0
+    resume INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (experiment_name, created_at);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -80,16 +84,27 @@ _JOB_FIELDS = {
 
 # Columns added after the first release: a store written by an older workbench gets them on open.
 _ADDED = {
-    "jobs": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL", "policy TEXT"),
+    "jobs": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL", "policy TEXT", "request_id TEXT"),
     "metrics": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL"),
 }
 _JSON_FIELDS = ("error", "policy")
 
 
 class JobStore:
-    def __init__(self, path: Path):
+    """`check=True` (the service at start): a damaged database is moved aside and a new one started,
+    its name kept in `moved_aside`; `check=False` (workers): opened as it is."""
+
+    def __init__(self, path: Path, check: bool = False):
         self.path = path
+        self.moved_aside: dict | None = None
         self._lock = threading.Lock()
+        if check:
+            self.moved_aside = dbfile.check(path)
+        if not path.exists():
+            dbfile.create(path, _SCHEMA)
+        # Owner-only, as an older workbench may have left them: worker log tails, judge answers.
+        for suffix in ("", *dbfile.SIDE_FILES):
+            make_private(Path(f"{path}{suffix}"))
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -99,6 +114,8 @@ class JobStore:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
         self._migrate()
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != dbfile.MARKER:
+            self._db.execute(f"PRAGMA user_version={dbfile.MARKER}")  # a store from before the marker
 
     def _migrate(self) -> None:
         for table, columns in _ADDED.items():
@@ -106,6 +123,9 @@ class JobStore:
             for column in columns:
                 if column.split()[0] not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        # One job per client request id: a retried start finds the job instead of making another.
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id)"
+                         " WHERE request_id IS NOT NULL")
 
     def _run(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -114,14 +134,14 @@ class JobStore:
     # Jobs ---------------------------------------------------------------------------------------
 
     def create(self, experiment_name: str, config: dict, run_dir: Path, model_path: str,
-               status: str = "queued") -> dict:
+               status: str = "queued", request_id: str | None = None) -> dict:
         job_id = f"job-{uuid.uuid4().hex[:12]}"
         now = time.time()
         self._run(
             "INSERT INTO jobs (job_id, experiment_name, config, status, phase, created_at, updated_at,"
-            " run_dir, model_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " run_dir, model_path, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, experiment_name, json.dumps(config), status, status, now, now, str(run_dir / job_id),
-             model_path),
+             model_path, request_id),
         )
         self.event(job_id, "message", f"job created for experiment {experiment_name}")
         return self.get(job_id)
@@ -139,6 +159,10 @@ class JobStore:
 
     def get(self, job_id: str) -> dict | None:
         rows = self._run("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def by_request(self, request_id: str) -> dict | None:
+        rows = self._run("SELECT * FROM jobs WHERE request_id = ?", (request_id,))
         return _job(rows[0]) if rows else None
 
     def latest(self, experiment_name: str) -> dict | None:
@@ -210,6 +234,10 @@ class JobStore:
             "SELECT job_id FROM jobs WHERE experiment_name = ? ORDER BY created_at", (experiment_name,)
         )
         return [r["job_id"] for r in rows]
+
+    def backup(self, dest: Path) -> dict:
+        """A consistent copy while jobs go on writing: path, bytes, jobs."""
+        return dbfile.backup(self.path, dest)
 
     def close(self) -> None:
         with self._lock:
