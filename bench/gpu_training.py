@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from bare_step import bare_step, speed
-from table import print_table, row, version
+from table import machine_line, print_table, row, version
 
 import workbench  # noqa: F401  (OpenBLAS under MLX on the CPU, before mlx.core)
 
@@ -183,6 +183,7 @@ def main() -> int:
     if not (args.skip_torch or args.skip_torch_compile or args.quick):  # compiling alone takes minutes
         peers["compiled"] = torch_peer(folder, args, True)
 
+    print(machine_line())
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; device {mx.default_device()} "
           f"{mx.device_info().get('device_name', '')}; python {platform.python_version()}, mlx "
           f"{version('mlx')}, mlx-cuda-13 {version('mlx-cuda-13')}, mlx_lm {version('mlx_lm')}, torch "

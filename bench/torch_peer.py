@@ -50,7 +50,7 @@ import peft
 import torch
 import torch.nn.functional as F
 import transformers
-from table import print_table, row
+from table import machine_line, print_table, row
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("model", type=Path, help="Hugging Face-layout model folder (config.json + safetensors)")
@@ -382,6 +382,7 @@ def main() -> int:
         where = f"cpu ({_cpu_name()}), torch threads {torch.get_num_threads()} (set to os.cpu_count())"
     else:
         where = f"cuda ({torch.cuda.get_device_name()})"
+    print(machine_line())
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; python {platform.python_version()}, "
           f"torch {torch.__version__}, peft {peft.__version__}, transformers {transformers.__version__}; "
           f"device {where}; dtype {dtype}{', compiled' if args.compile else ''}; "
