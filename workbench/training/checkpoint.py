@@ -16,6 +16,8 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from workbench.training import faults
+
 
 @dataclass
 class Checkpoint:
@@ -39,6 +41,7 @@ def save(folder: Path, step: int, model, optimizer, extra: dict, keep: int = 2) 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     mx.save_safetensors(str(tmp / "trainable.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    faults.reach("checkpoint", step)
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
     _write_json(tmp / "state.json", {"step": step, **extra})
     shutil.rmtree(final, ignore_errors=True)
