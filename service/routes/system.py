@@ -10,9 +10,9 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/health", response_model=HealthResponse)
-def health() -> dict:
-    """Readiness: MLX, BLAS, memory and device. Needs no token."""
-    return system_health()
+def health(workbench: WorkbenchDep) -> dict:
+    """Readiness: MLX, BLAS, memory, device and the home's free disk space. Needs no token."""
+    return system_health(workbench.settings.home_dir)
 
 
 @router.get("/status", response_model=StatusResponse, dependencies=[Authorized])

@@ -15,12 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from workbench.data import DataSpec, validate
 from workbench.errors import InputError
 from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.settings import Settings
+from workbench.training import space
 from workbench.training.config import TrainingConfig
 from workbench.training.store import ACTIVE, RESUMABLE, JobStore
 
@@ -48,11 +50,15 @@ def describe(job: dict) -> dict:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, resolver: ModelResolver, store: JobStore, manage: bool = True):
+    def __init__(self, settings: Settings, resolver: ModelResolver, store: JobStore, manage: bool = True,
+                 provider_configured: Callable[[str], bool] | None = None):
         self.settings = settings
         self.resolver = resolver
         self.store = store
+        # Whether an eval_provider can answer; without a router (the command line) only local_mlx can.
+        self.provider_configured = provider_configured or (lambda name: name == "local_mlx")
         self._workers: dict[str, subprocess.Popen] = {}
+        self._stopping: set[str] = set()  # jobs asked to stop: a SIGTERM that ends one is a stop
         self._lock = threading.RLock()
         self._closed = threading.Event()
         # Only the service manages workers; the command line runs its one job in its own process.
@@ -71,8 +77,15 @@ class JobManager:
             resolved = self.resolver.resolve(model_name)
         except ModelNotFound as exc:
             raise InputError("model_name", str(exc)) from None
-        validate(DataSpec.from_config(config), self.settings)
+        if config.eval_provider and not self.provider_configured(config.eval_provider):
+            raise InputError("eval_provider", f"{config.eval_provider} is not configured: POST "
+                             "/providers/configure first, or use local_mlx")
+        summary = validate(DataSpec.from_config(config), self.settings)
+        if config.batch_size > summary.train_rows:
+            raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
+                             f"rows of {summary.source} (after validation_split {config.validation_split})")
         name = config.experiment_name
+        space.require_room(self.run_root(name), space.checkpoint_bytes(resolved.path, config))
         with self._lock:
             current = self.store.latest(name)
             if current and current["status"] in ACTIVE:
@@ -91,6 +104,7 @@ class JobManager:
             elif job["status"] == "running":
                 worker = self._workers.get(job["job_id"])
                 if worker is not None and worker.poll() is None:
+                    self._stopping.add(job["job_id"])
                     worker.send_signal(signal.SIGTERM)  # the worker checkpoints, then marks itself stopped
                     self.store.event(job["job_id"], "message", "stop requested")
                 else:
@@ -107,6 +121,8 @@ class JobManager:
             if job["status"] not in RESUMABLE:
                 why = f"{experiment_name} is {job['status']}; only stopped, failed or interrupted jobs resume"
                 raise InputError("experiment_name", why, status=409)
+            config = TrainingConfig(**job["config"])
+            space.require_room(Path(job["run_dir"]), space.checkpoint_bytes(job["model_path"], config))
             status = "queued" if launch else "running"
             self.store.update(job["job_id"], status=status, phase=status, resume=1, error=None,
                               finished_at=None, pid=None)
@@ -178,14 +194,19 @@ class JobManager:
                 if code is None:
                     continue
                 del self._workers[job_id]
+                asked_to_stop = job_id in self._stopping
+                self._stopping.discard(job_id)
                 job = self.store.get(job_id)
                 # Only a job this worker still owns: a resumed job is queued again, with no pid.
-                if job["status"] == "running" and job["pid"] == worker.pid:
-                    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                    tail = _tail(Path(job["run_dir"]) / "worker.log")
-                    self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
-                                          error={"code": "worker_died", "message": f"the worker {how}",
-                                                 "log_tail": tail})
+                if job["status"] != "running" or job["pid"] != worker.pid:
+                    continue
+                if asked_to_stop and code == -signal.SIGTERM:
+                    # Stopped while starting up, before the worker set its own handler: nothing trained.
+                    self.store.set_status(job_id, "stopped", "stopped while starting", phase="stopped")
+                    continue
+                how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
+                                      error=_death(how, Path(job["run_dir"])))
             self._schedule()
 
     def _recover(self) -> None:
@@ -220,6 +241,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _death(how: str, run_dir: Path) -> dict:
+    """The error of a worker that died without saying why; a full disk is named, since the log that
+    would say so is on that disk."""
+    error = {"code": "worker_died", "message": f"the worker {how}", "log_tail": _tail(run_dir / "worker.log")}
+    free = space.free_bytes(run_dir)
+    if free < space.MARGIN:
+        error |= {"code": "disk_full", "message": f"the worker {how}: No space left on device under "
+                  f"{run_dir} ({free / 1024:.0f} KiB free)"}
+    return error
 
 
 def _tail(path: Path, lines: int = 20) -> str:
