@@ -69,7 +69,7 @@ class Workbench:
             self.jobs.job(experiment_name)  # 404 when there is no such experiment at all
             raise InputError("experiment_name", f"{experiment_name} has no completed job to fuse", status=409)
         adapter = Path(job["adapter_path"])
-        if not (adapter / "adapters.safetensors").is_file() or not (adapter / "adapter_config.json").is_file():
+        if not all((adapter / name).is_file() for name in ("adapters.safetensors", "adapter_config.json")):
             raise InputError("experiment_name", f"{experiment_name}'s adapter folder {adapter} is gone or "
                              "incomplete; train the experiment again to fuse it", status=409)
         return fuse_adapter(self.resolver.resolve(experiment_name), Path(job["run_dir"]) / "fused")
