@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from workbench.data import DataSpec, validate
 from workbench.errors import InputError
 from workbench.models.resolver import ModelNotFound, ModelResolver
@@ -121,7 +123,12 @@ class JobManager:
             if job["status"] not in RESUMABLE:
                 why = f"{experiment_name} is {job['status']}; only stopped, failed or interrupted jobs resume"
                 raise InputError("experiment_name", why, status=409)
-            config = TrainingConfig(**job["config"])
+            try:
+                config = TrainingConfig(**job["config"])
+            except ValidationError as exc:  # a job stored before today's limits
+                raise InputError("experiment_name", f"{experiment_name}'s stored config is no longer valid "
+                                 f"({exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}); start a new job",
+                                 status=409) from None
             space.require_room(Path(job["run_dir"]), space.checkpoint_bytes(job["model_path"], config))
             status = "queued" if launch else "running"
             self.store.update(job["job_id"], status=status, phase=status, resume=1, error=None,
