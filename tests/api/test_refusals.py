@@ -81,7 +81,10 @@ def test_bad_dataset_paths_are_a_4xx_naming_dataset_path_never_a_500_or_a_hang(a
     (folder / "with_a_pipe").mkdir(exist_ok=True)
     if not (folder / "with_a_pipe" / "train.jsonl").exists():
         os.mkfifo(folder / "with_a_pipe" / "train.jsonl")
-    for path in ["data\x00.jsonl", "x" * 300 + ".jsonl", "pipe.jsonl", "with_a_pipe", "/dev/zero"]:
+    (folder / "nested" / "deeper").mkdir(parents=True, exist_ok=True)
+    if not (folder / "nested" / "deeper" / "rows.jsonl").exists():
+        os.mkfifo(folder / "nested" / "deeper" / "rows.jsonl")
+    for path in ["data\x00.jsonl", "x" * 300 + ".jsonl", "pipe.jsonl", "with_a_pipe", "nested", "/dev/zero"]:
         started = time.monotonic()
         response = api.post("/train/start", json=body(experiment_name="bad_path", dataset_path=path))
         assert 400 <= response.status_code < 500, (path[:20], response.text)

@@ -211,10 +211,7 @@ def _load_named(name: str, fmt: str, settings: Settings) -> LoadedRows:
 
 def _load_path(path: Path, fmt: str, field: str, settings: Settings) -> LoadedRows:
     if path.is_dir():
-        for entry in os.scandir(path):  # a FIFO among a folder's files would hang whoever opens it
-            if not (entry.is_file() or entry.is_dir()):
-                raise InputError(field, f"{entry.path} is not a regular file or a folder (a FIFO, socket "
-                                        "or device cannot be read as data)")
+        _only_regular_files(path, field)
         train = path / "train.jsonl"
         if train.is_file():
             rows, lines = _read_jsonl(train, field)
@@ -238,6 +235,16 @@ def _load_path(path: Path, fmt: str, field: str, settings: Settings) -> LoadedRo
         return _finish(rows, fmt, str(path), field)
     kinds = ", ".join(SUFFIXES)
     raise InputError(field, f"{path}: unsupported file type {suffix or '(none)'!r}; use {kinds} or a folder")
+
+
+def _only_regular_files(folder: Path, field: str) -> None:
+    """A FIFO among a folder's files (at any depth: `datasets` globs into subfolders) would hang
+    whoever opens it; a socket or device is no data either."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if not os.path.isfile(os.path.join(root, name)):
+                raise InputError(field, f"{os.path.join(root, name)} is not a regular file (a FIFO, socket, "
+                                        "device or broken link cannot be read as data)")
 
 
 def _read_jsonl(path: Path, field: str) -> tuple[list[dict], list[int]]:
