@@ -200,21 +200,26 @@ class JobManager:
                 code = worker.poll()
                 if code is None:
                     continue
+                # Settled first, forgotten after: if the store cannot be written (its disk is full),
+                # the next round tries again instead of leaving the job `running` for ever.
+                self._settle(job_id, worker, code)
                 del self._workers[job_id]
-                asked_to_stop = job_id in self._stopping
                 self._stopping.discard(job_id)
-                job = self.store.get(job_id)
-                # Only a job this worker still owns: a resumed job is queued again, with no pid.
-                if job["status"] != "running" or job["pid"] != worker.pid:
-                    continue
-                if asked_to_stop and code == -signal.SIGTERM:
-                    # Stopped while starting up, before the worker set its own handler: nothing trained.
-                    self.store.set_status(job_id, "stopped", "stopped while starting", phase="stopped")
-                    continue
-                how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
-                                      error=_death(how, Path(job["run_dir"])))
             self._schedule()
+
+    def _settle(self, job_id: str, worker: subprocess.Popen, code: int) -> None:
+        """The end of a job whose worker exited without saying how it ended."""
+        job = self.store.get(job_id)
+        # Only a job this worker still owns: a resumed job is queued again, with no pid.
+        if job["status"] != "running" or job["pid"] != worker.pid:
+            return
+        if job_id in self._stopping and code == -signal.SIGTERM:
+            # Stopped while starting up, before the worker set its own handler: nothing trained.
+            self.store.set_status(job_id, "stopped", "stopped while starting", phase="stopped")
+            return
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
+                              error=_death(how, Path(job["run_dir"])))
 
     def _recover(self) -> None:
         """Jobs left running by a service that is gone are interrupted (resumable). A job whose process
