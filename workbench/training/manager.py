@@ -61,6 +61,7 @@ class JobManager:
         self.provider_configured = provider_configured or (lambda name: name == "local_mlx")
         self._workers: dict[str, subprocess.Popen] = {}
         self._stopping: set[str] = set()  # jobs asked to stop: a SIGTERM that ends one is a stop
+        self._deaths: dict[str, dict] = {}  # the error of a dead worker whose job is not yet settled
         self._lock = threading.RLock()
         self._closed = threading.Event()
         # Only the service manages workers; the command line runs its one job in its own process.
@@ -201,10 +202,15 @@ class JobManager:
                 if code is None:
                     continue
                 # Settled first, forgotten after: if the store cannot be written (its disk is full),
-                # the next round tries again instead of leaving the job `running` for ever.
+                # the next round tries again instead of leaving the job `running` for ever. Why it
+                # died is judged once, when it died: the disk may have been freed by the next round.
+                if job_id not in self._deaths:
+                    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    self._deaths[job_id] = _death(how, self.settings.home_dir / "runs")
                 self._settle(job_id, worker, code)
                 del self._workers[job_id]
                 self._stopping.discard(job_id)
+                self._deaths.pop(job_id, None)
             self._schedule()
 
     def _settle(self, job_id: str, worker: subprocess.Popen, code: int) -> None:
@@ -217,9 +223,10 @@ class JobManager:
             # Stopped while starting up, before the worker set its own handler: nothing trained.
             self.store.set_status(job_id, "stopped", "stopped while starting", phase="stopped")
             return
-        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
-                              error=_death(how, Path(job["run_dir"])))
+        error = self._deaths.get(job_id) or _death(f"exited with code {code}", Path(job["run_dir"]))
+        error["log_tail"] = _tail(Path(job["run_dir"]) / "worker.log")
+        self.store.set_status(job_id, "failed", error["message"], level="error", phase="failed",
+                              error=error)
 
     def _recover(self) -> None:
         """Jobs left running by a service that is gone are interrupted (resumable). A job whose process
@@ -255,14 +262,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _death(how: str, run_dir: Path) -> dict:
+def _death(how: str, runs: Path) -> dict:
     """The error of a worker that died without saying why; a full disk is named, since the log that
     would say so is on that disk."""
-    error = {"code": "worker_died", "message": f"the worker {how}", "log_tail": _tail(run_dir / "worker.log")}
-    free = space.free_bytes(run_dir)
+    error = {"code": "worker_died", "message": f"the worker {how}"}
+    free = space.free_bytes(runs)
     if free < space.MARGIN:
         error |= {"code": "disk_full", "message": f"the worker {how}: No space left on device under "
-                  f"{run_dir} ({free / 1024:.0f} KiB free)"}
+                  f"{runs} ({free / 1024:.0f} KiB free)"}
     return error
 
 
