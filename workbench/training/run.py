@@ -1,9 +1,10 @@
 """One training run on mlx-lm's tuner pieces: full-parameter SFT, LoRA, or QLoRA.
 
 mlx-lm's own `train()` saves adapters only, does not seed its batch order and can only be stopped by
-raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `iterate_batches`
-with a seed, `default_loss`, `evaluate`) and adds what a resumable job needs: checkpoints with the
-optimizer state, step and data position, and a clean stop between steps.
+raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `default_loss`,
+`evaluate`) and adds what a resumable job needs: a batch order of its own (`batching.DataOrder`:
+mlx-lm's `iterate_batches` draws from numpy's global generator, as its validation does), checkpoints
+holding the optimizer state, step, data position and random state, and a clean stop between steps.
 """
 
 from __future__ import annotations
