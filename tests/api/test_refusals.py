@@ -130,3 +130,7 @@ def test_fusing_after_the_adapter_folder_was_deleted_is_a_409_naming_it(api):
     assert response.status_code == 409, response.text
     assert named_fields(response) == ["body", "experiment_name"]
     assert "adapter folder" in response.json()["detail"][0]["msg"]
+    served = api.post("/generate", json={"model": "deleted_adapter", "prompt": "Hi", "max_tokens": 2})
+    assert 400 <= served.status_code < 500, served.text
+    assert "adapter" in served.text
+    assert api.post("/generate", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200  # others unharmed
