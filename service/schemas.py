@@ -38,6 +38,8 @@ class HealthResponse(BaseModel):
     memory_usage: dict
     device: dict
     blas: dict
+    disk: list[dict] = Field(default=[], description="Free space of the home's filesystems (path, free_mb, "
+                             "total_mb, nearly_full); nearly full makes the status degraded.")
 
 
 class BackupResponse(BaseModel):

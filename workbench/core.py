@@ -35,7 +35,8 @@ class Workbench:
         self.resolver = ModelResolver(self.settings, experiments=self._trained)
         self.local = LocalMLX(self.settings, self.resolver)
         self.router = ProviderRouter(self.settings, self.local)
-        self.jobs = JobManager(self.settings, self.resolver, self.store, manage=manage_jobs)
+        self.jobs = JobManager(self.settings, self.resolver, self.store, manage=manage_jobs,
+                               provider_configured=self.router.configured)
         self.started_at = time.time()
         self._closed = False
 
@@ -68,6 +69,10 @@ class Workbench:
         if job is None:
             self.jobs.job(experiment_name)  # 404 when there is no such experiment at all
             raise InputError("experiment_name", f"{experiment_name} has no completed job to fuse", status=409)
+        adapter = Path(job["adapter_path"])
+        if not all((adapter / name).is_file() for name in ("adapters.safetensors", "adapter_config.json")):
+            raise InputError("experiment_name", f"{experiment_name}'s adapter folder {adapter} is gone or "
+                             "incomplete; train the experiment again to fuse it", status=409)
         return fuse_adapter(self.resolver.resolve(experiment_name), Path(job["run_dir"]) / "fused")
 
     def providers(self) -> dict[str, dict]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from functools import cache
+from pathlib import Path
 
 import psutil
 
@@ -59,7 +61,31 @@ def device_info() -> dict:
     return info
 
 
-def health() -> dict:
+# Nearly full: less free than this share of the disk, or than 1 GiB, whichever is less (a share
+# alone would call a large disk with plenty of room full, a size alone a small one never).
+_FULL_SHARE = 0.02
+_FULL_BYTES = 1024 * _MB
+
+
+def disk_usage(home: Path) -> list[dict]:
+    """Free space of each filesystem the home's data lives on (the home, and `runs/` where the
+    checkpoints go, when it is a mount of its own), and whether it is nearly full."""
+    seen, disks = set(), []
+    for path in (home, home / "runs"):
+        if not path.exists():
+            continue
+        device = os.stat(path).st_dev
+        if device in seen:
+            continue
+        seen.add(device)
+        usage = shutil.disk_usage(path)
+        disks.append({"path": str(path), "free_mb": round(usage.free / _MB, 1),
+                      "total_mb": round(usage.total / _MB, 1),
+                      "nearly_full": usage.free < min(_FULL_SHARE * usage.total, _FULL_BYTES)})
+    return disks
+
+
+def health(home: Path | None = None) -> dict:
     """healthy, or degraded with the reasons a person can fix."""
     problems = []
     available = mlx_available()
@@ -71,6 +97,11 @@ def health() -> dict:
     memory = memory_usage()
     if memory["system_available_mb"] < 0.05 * memory["system_total_mb"]:
         problems.append("less than 5% of system memory is available")
+    disks = disk_usage(home) if home is not None else []
+    for disk in disks:
+        if disk["nearly_full"]:
+            problems.append(f"the disk of {disk['path']} is nearly full: {disk['free_mb']} MB free of "
+                            f"{disk['total_mb']} MB; new training jobs are refused until there is room")
     return {
         "status": "degraded" if problems else "healthy",
         "problems": problems,
@@ -78,4 +109,5 @@ def health() -> dict:
         "memory_usage": memory,
         "device": device_info(),
         "blas": blas.as_dict(),
+        "disk": disks,
     }

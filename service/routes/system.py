@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from service.deps import Authorized, WorkbenchDep
 from service.schemas import BackupResponse, HealthResponse, StatusResponse
@@ -10,11 +10,10 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/health", response_model=HealthResponse)
-def health(request: Request) -> dict:
-    """Readiness: MLX, BLAS, memory and device. Needs no token."""
-    report = system_health()
-    bench = getattr(request.app.state, "workbench", None)
-    if problems := bench.database_problems() if bench else []:
+def health(workbench: WorkbenchDep) -> dict:
+    """Readiness: MLX, BLAS, memory, device, the home's free disk space and the database. Needs no token."""
+    report = system_health(workbench.settings.home_dir)
+    if problems := workbench.database_problems():
         report["problems"] += problems
         report["status"] = "degraded"
     return report

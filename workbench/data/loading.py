@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import stat
 import threading
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -144,15 +145,25 @@ def allowed_roots(settings: Settings) -> list[Path]:
 def resolve_path(raw: str, settings: Settings, field: str = "dataset_path") -> Path:
     """An existing file or folder under an allowed root; relative paths start at `<home>/datasets`."""
     roots = allowed_roots(settings)
+    if "\x00" in raw:  # the OS cannot take it; pathlib raises a bare ValueError
+        raise InputError(field, "a path cannot hold a NUL byte")
     path = Path(raw).expanduser()
     if not path.is_absolute():
         path = roots[0] / path
-    path = path.resolve()
-    if not any(path == root or path.is_relative_to(root) for root in roots):
-        where = ", ".join(str(root) for root in roots)
-        raise InputError(field, f"{raw!r} resolves to {path}, which must lie under {where}")
-    if not path.exists():
-        raise InputError(field, f"{raw!r}: no such file or folder ({path})")
+    try:
+        path = path.resolve()
+        if not any(path == root or path.is_relative_to(root) for root in roots):
+            where = ", ".join(str(root) for root in roots)
+            raise InputError(field, f"{raw!r} resolves to {path}, which must lie under {where}")
+        # stat, never open: opening a FIFO waits for a writer, and the request would hang.
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(field, f"{raw!r}: no such file or folder ({path})") from None
+    except OSError as exc:  # a name over 255 characters, a path too long, a loop of links
+        raise InputError(field, f"{raw[:80]!r}{'...' if len(raw) > 80 else ''}: {exc.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(field, f"{raw!r} is not a regular file or a folder (a FIFO, socket or device "
+                                "cannot be read as data)")
     return path
 
 
@@ -200,6 +211,7 @@ def _load_named(name: str, fmt: str, settings: Settings) -> LoadedRows:
 
 def _load_path(path: Path, fmt: str, field: str, settings: Settings) -> LoadedRows:
     if path.is_dir():
+        _only_regular_files(path, field)
         train = path / "train.jsonl"
         if train.is_file():
             rows, lines = _read_jsonl(train, field)
@@ -223,6 +235,16 @@ def _load_path(path: Path, fmt: str, field: str, settings: Settings) -> LoadedRo
         return _finish(rows, fmt, str(path), field)
     kinds = ", ".join(SUFFIXES)
     raise InputError(field, f"{path}: unsupported file type {suffix or '(none)'!r}; use {kinds} or a folder")
+
+
+def _only_regular_files(folder: Path, field: str) -> None:
+    """A FIFO among a folder's files (at any depth: `datasets` globs into subfolders) would hang
+    whoever opens it; a socket or device is no data either."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if not os.path.isfile(os.path.join(root, name)):
+                raise InputError(field, f"{os.path.join(root, name)} is not a regular file (a FIFO, socket, "
+                                        "device or broken link cannot be read as data)")
 
 
 def _read_jsonl(path: Path, field: str) -> tuple[list[dict], list[int]]:

@@ -1,8 +1,8 @@
 """Training batches with little padding: rows grouped by token length, or packed.
 
-Grouped: mlx-lm's `iterate_batches` already sorts rows by `itemlen` before cutting batches, but its
-`CacheDataset.itemlen` measures the raw row (a dict), not its tokens, so the sort did nothing. A view
-whose `itemlen` is the token count makes the same function group rows of similar length.
+Grouped: rows sorted by token count before they are cut into batches, as mlx-lm's `iterate_batches`
+means to (its `CacheDataset.itemlen` measures the raw row, a dict, so its sort did nothing), in an
+order of our own (`DataOrder`) that a checkpoint can save and a resume restore.
 
 Packed: several rows share one sequence of up to `max_seq_length` tokens. Attention stays within each
 row: every layer gets a block-diagonal causal mask, handed to mlx-lm's model code through the object
@@ -20,7 +20,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.tuner.datasets import CacheDataset
-from mlx_lm.tuner.trainer import iterate_batches
 
 from workbench.errors import InputError
 
@@ -36,16 +35,11 @@ class Batch:
 
 
 class _Rows(CacheDataset):
-    """Some of a dataset's items, by index, with `itemlen` = token count (or 0, which keeps the
-    data's order, when `group` is false)."""
+    """Some of a dataset's items, by index."""
 
-    def __init__(self, items: CacheDataset, indices: list[int] | range, group: bool = True):
+    def __init__(self, items: CacheDataset, indices: list[int] | range):
         self._items = items
         self._indices = indices
-        self._group = group
-
-    def itemlen(self, idx: int) -> int:
-        return len(self[idx][0]) if self._group else 0
 
     def __getitem__(self, idx: int):
         return self._items[self._indices[idx]]
@@ -69,16 +63,98 @@ def trainable(dataset: CacheDataset) -> tuple[CacheDataset, int]:
     return (_Rows(dataset, keep) if skipped else dataset), skipped
 
 
+class DataOrder:
+    """Endless training batches in an order that depends on the seed and the epoch only, with a
+    position that a checkpoint saves and a resume restores.
+
+    mlx-lm's `iterate_batches` shuffles with numpy's global generator, which each validation pass
+    draws from too; a resumed run then got another batch order after the first epoch boundary. Here
+    each epoch's order comes from its own generator, seeded with (seed, epoch), so the position
+    (epoch, batches used in it) is the whole state of the data order.
+    """
+
+    def __init__(self, dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int,
+                 group_by_length: bool = True, packing: bool = False, position: dict | None = None):
+        self.dataset, self.batch_size, self.max_seq_length = dataset, batch_size, max_seq_length
+        self.seed, self.packing = seed, packing
+        self.lengths = [len(dataset[i][0]) for i in range(len(dataset))]
+        if not packing:
+            # As mlx-lm: rows sorted by length (or kept in order) and cut into fixed batches, whose
+            # order each epoch shuffles; the last incomplete batch is left out.
+            order = sorted(range(len(dataset)), key=lambda i: self.lengths[i] if group_by_length else 0)
+            self.groups = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+            if not self.groups:
+                raise InputError("batch_size", f"{batch_size} exceeds the {len(dataset)} training rows")
+        position = position or {}
+        self.epoch = int(position.get("epoch", 0))
+        self.used = int(position.get("batches_used_in_epoch", 0))
+        self._epoch_batches = self._plan(self.epoch)
+
+    def position(self) -> dict:
+        """Where the order stands: what a checkpoint saves."""
+        return {"epoch": self.epoch, "batches_used_in_epoch": self.used}
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            self._advance()
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        if not self.packing:
+            return [self.groups[i] for i in rng.permutation(len(self.groups))]
+        sequences = pack(self.lengths, self.max_seq_length, rng.permutation(len(self.dataset)))
+        if len(sequences) < self.batch_size:
+            raise InputError("batch_size", f"{self.batch_size} exceeds the {len(sequences)} packed sequences "
+                             f"of {self.max_seq_length} tokens the training rows fill")
+        rng.shuffle(sequences)
+        return [sequences[i:i + self.batch_size]
+                for i in range(0, len(sequences) - self.batch_size + 1, self.batch_size)]
+
+    def _advance(self) -> list:
+        if self.used >= len(self._epoch_batches):
+            self.epoch, self.used = self.epoch + 1, 0
+            self._epoch_batches = self._plan(self.epoch)
+        chosen = self._epoch_batches[self.used]
+        self.used += 1
+        return chosen
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        chosen = self._advance()
+        if self.packing:
+            return _packed_batch([[self.dataset[i] for i in seq] for seq in chosen], self.max_seq_length)
+        return padded_batch([self.dataset[i] for i in chosen], self.max_seq_length)
+
+
 def batches(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int,
-            group_by_length: bool = True, packing: bool = False) -> Iterator[Batch]:
-    """Endless batches in a seeded order (the same seed gives the same batches, so a resumed run
-    can skip to where it stopped)."""
-    if packing:
-        yield from _packed(dataset, batch_size, max_seq_length, seed)
-        return
-    view = _Rows(dataset, range(len(dataset)), group_by_length)
-    for batch, lengths in iterate_batches(view, batch_size, max_seq_length, loop=True, seed=seed):
-        yield Batch((batch, lengths), int(lengths[:, 1].sum().item()), batch.size)
+            group_by_length: bool = True, packing: bool = False) -> DataOrder:
+    """Endless batches in a seeded order (the same seed gives the same batches)."""
+    return DataOrder(dataset, batch_size, max_seq_length, seed, group_by_length, packing)
+
+
+def padded_batch(rows: list[tuple], max_seq_length: int) -> Batch:
+    """Rows cut to max_seq_length and padded to one more than a multiple of 32 (mlx-lm's shapes,
+    so the compiled step sees few widths), with mlx-lm's (offset, length) per row."""
+    lengths = [min(len(tokens), max_seq_length) for tokens, _ in rows]
+    width = min(_PAD_TO * -(-max(lengths) // _PAD_TO) + 1, max_seq_length)
+    tokens = np.zeros((len(rows), width), np.int32)
+    for r, ((row_tokens, _), n) in enumerate(zip(rows, lengths)):
+        tokens[r, :n] = row_tokens[:n]
+    spans = np.array([(offset, n) for (_, offset), n in zip(rows, lengths)], np.int32)
+    return Batch((mx.array(tokens), mx.array(spans)), int(spans[:, 1].sum()), tokens.size)
+
+
+def validation_batches(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int, step: int,
+                       **_ignored) -> Iterator[tuple]:
+    """Validation batches for the evaluation at `step`, for mlx-lm's `evaluate`: rows drawn from a
+    generator seeded with (seed, step), so an evaluation repeats exactly in a resumed run and takes
+    nothing from the training order's generators."""
+    rng = np.random.default_rng([seed, step, 1])
+    order = rng.permutation(len(dataset))
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        yield padded_batch([dataset[int(i)] for i in order[start:start + batch_size]], max_seq_length).arrays
 
 
 # Packing ----------------------------------------------------------------------------------------
@@ -100,20 +176,6 @@ def pack(lengths: list[int], capacity: int, order: np.ndarray) -> list[list[int]
             sequences.append([idx])
             room.append(capacity - size)
     return sequences
-
-
-def _packed(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int) -> Iterator[Batch]:
-    lengths = [len(dataset[i][0]) for i in range(len(dataset))]
-    rng = np.random.default_rng(seed)
-    while True:
-        sequences = pack(lengths, max_seq_length, rng.permutation(len(dataset)))
-        if len(sequences) < batch_size:
-            raise InputError("batch_size", f"{batch_size} exceeds the {len(sequences)} packed sequences "
-                             f"of {max_seq_length} tokens the training rows fill")
-        rng.shuffle(sequences)
-        for start in range(0, len(sequences) - batch_size + 1, batch_size):
-            yield _packed_batch([[dataset[i] for i in seq] for seq in sequences[start:start + batch_size]],
-                                max_seq_length)
 
 
 def _packed_batch(rows: list[list[tuple]], max_seq_length: int) -> Batch:

@@ -2,19 +2,25 @@
 
 A checkpoint holds the trainable weights, the optimizer state, the step and the data position; it is
 written to a temporary folder and renamed, and `latest.json` is replaced atomically last, so a crash
-mid-save leaves the previous checkpoint in force.
+mid-save leaves the previous checkpoint in force. A write that fails for want of space removes its
+partial files (giving the room back to the job's store and log) and raises `DiskFull`, naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
+
+from workbench.training import faults
 
 
 @dataclass
@@ -26,9 +32,39 @@ class Checkpoint:
     extra: dict
 
 
+class DiskFull(RuntimeError):
+    """A checkpoint or adapter write ran out of space; the message names the file."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"No space left on device writing {path}")
+        self.path = path
+
+
+_LOW = 1024 * 1024  # less free than this after a failed write: the disk is what failed it
+
+
+@contextmanager
+def _writing(path: Path, partial: Path) -> Iterator[None]:
+    """Writes to `path`; on failure `partial` (a file or folder) is removed, and a failure for want
+    of space becomes DiskFull. MLX reports a short write as a bare RuntimeError, without errno or
+    path, so the free space decides."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        full = getattr(exc, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < _LOW
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        if full:
+            raise DiskFull(path) from exc
+        raise
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    with _writing(path, tmp):
+        tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
 
@@ -38,9 +74,14 @@ def save(folder: Path, step: int, model, optimizer, extra: dict, keep: int = 2) 
     tmp = folder / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    mx.save_safetensors(str(tmp / "trainable.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    _write_json(tmp / "state.json", {"step": step, **extra})
+    with _writing(tmp / "trainable.safetensors", tmp):
+        mx.save_safetensors(str(tmp / "trainable.safetensors"),
+                            dict(tree_flatten(model.trainable_parameters())))
+    faults.reach("checkpoint", step)
+    with _writing(tmp / "optimizer.safetensors", tmp):
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    with _writing(tmp / "state.json", tmp):
+        _write_json(tmp / "state.json", {"step": step, **extra})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _write_json(folder / "latest.json", {"step": step, "path": final.name})
@@ -70,8 +111,10 @@ def save_adapter(folder: Path, model, adapter_config: dict) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    mx.save_safetensors(str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    with _writing(tmp / "adapters.safetensors", tmp):
+        mx.save_safetensors(str(tmp / "adapters.safetensors"),
+                            dict(tree_flatten(model.trainable_parameters())))
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder

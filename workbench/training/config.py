@@ -11,15 +11,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LAYER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+# Matched with fullmatch: `$` also matches before a trailing newline, which let "name\n" through.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+
+# Bounds that keep every number inside what the worker hands to MLX (a seed is a uint64, a memory
+# limit a size_t of bytes): past them the worker died with `std::bad_cast` long after submission.
+MAX_SEED = 2**64 - 1
+MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_STEPS = 10_000_000
 
 TrainingType = Literal["sft", "lora", "qlora"]
 DatasetFormat = Literal["auto", "alpaca", "sharegpt", "chat", "completions", "text"]
 
 
 class TrainingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Every float must be finite: an infinite weight_decay or lora_alpha trained a NaN model that
+    # was then served as "completed".
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # What to train ------------------------------------------------------------------------------
     experiment_name: str = Field(description="Unique name: letters, digits, . _ -; up to 64 characters.")
@@ -59,21 +68,24 @@ class TrainingConfig(BaseModel):
     learning_rate: float = Field(default=1e-4, gt=0, le=1.0)
     num_epochs: int = Field(default=1, ge=1, le=1000)
     max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many steps; default: num_epochs over the data."
+        default=None, ge=1, le=MAX_STEPS,
+        description="Stop after this many steps; default: num_epochs over the data."
     )
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Clip gradients to this norm.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e6, description="Clip gradients to this norm.")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
     memory_limit_mb: int | None = Field(
-        default=None, ge=64, description="MLX memory limit for the run (mx.set_memory_limit)."
+        default=None, ge=64, le=MAX_MEMORY_MB,
+        description="MLX memory limit for the run (mx.set_memory_limit).",
     )
     cache_limit_mb: int | None = Field(
-        default=None, ge=0, description="Most freed memory MLX keeps cached for reuse (mx.set_cache_limit)."
+        default=None, ge=0, le=MAX_MEMORY_MB,
+        description="Most freed memory MLX keeps cached for reuse (mx.set_cache_limit).",
     )
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     fast_kernels: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="CPU only: the loss, SwiGLU and attention on the workbench's fast exp. auto measures "
@@ -82,9 +94,10 @@ class TrainingConfig(BaseModel):
 
     # LoRA ---------------------------------------------------------------------------------------
     lora_rank: int = Field(default=8, ge=1, le=1024)
-    lora_alpha: float = Field(default=16.0, gt=0, description="LoRA scale is lora_alpha / lora_rank.")
+    lora_alpha: float = Field(default=16.0, gt=0, le=1e6, description="LoRA scale is lora_alpha / lora_rank.")
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    lora_layers: int = Field(default=-1, ge=-1, description="Last N transformer layers get LoRA; -1: all.")
+    lora_layers: int = Field(default=-1, ge=-1, le=100_000,
+                             description="Last N transformer layers get LoRA; -1: all.")
     lora_targets: list[str] | None = Field(
         default=None, min_length=1,
         description="The layers of each block that get LoRA, by name (q_proj, v_proj) or path in the block "
@@ -95,18 +108,20 @@ class TrainingConfig(BaseModel):
     )
 
     # Evaluation and checkpoints -----------------------------------------------------------------
-    eval_steps: int = Field(default=50, ge=1, description="Validation loss every this many steps.")
-    eval_batches: int = Field(default=4, ge=1, description="Validation batches per evaluation.")
+    eval_steps: int = Field(default=50, ge=1, le=MAX_STEPS,
+                            description="Validation loss every this many steps.")
+    eval_batches: int = Field(default=4, ge=1, le=100_000, description="Validation batches per evaluation.")
     eval_provider: Literal["openai", "anthropic", "together", "ollama", "local_mlx"] | None = Field(
         default=None, description="A provider that judges the model's answers to held-out prompts."
     )
     eval_prompts: int = Field(default=3, ge=1, le=50, description="Held-out prompts the judge scores.")
-    save_every: int = Field(default=100, ge=1, description="Checkpoint every this many steps (and at stop).")
+    save_every: int = Field(default=100, ge=1, le=MAX_STEPS,
+                            description="Checkpoint every this many steps (and at stop).")
 
     @field_validator("experiment_name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not EXPERIMENT_NAME.match(value):
+        if not EXPERIMENT_NAME.fullmatch(value):
             raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
 
@@ -114,7 +129,7 @@ class TrainingConfig(BaseModel):
     @classmethod
     def _target_names(cls, value: list[str] | None) -> list[str] | None:
         for name in value or []:
-            if not LAYER_PATH.match(name):
+            if not LAYER_PATH.fullmatch(name):
                 raise ValueError(f"{name!r} is not a layer name such as q_proj or self_attn.q_proj")
         return value
 

@@ -16,12 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from workbench.data import DataSpec, validate
 from workbench.errors import InputError
 from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.settings import Settings
+from workbench.training import space
 from workbench.training.config import TrainingConfig
 from workbench.training.store import ACTIVE, RESUMABLE, JobStore
 
@@ -49,11 +53,16 @@ def describe(job: dict) -> dict:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, resolver: ModelResolver, store: JobStore, manage: bool = True):
+    def __init__(self, settings: Settings, resolver: ModelResolver, store: JobStore, manage: bool = True,
+                 provider_configured: Callable[[str], bool] | None = None):
         self.settings = settings
         self.resolver = resolver
         self.store = store
+        # Whether an eval_provider can answer; without a router (the command line) only local_mlx can.
+        self.provider_configured = provider_configured or (lambda name: name == "local_mlx")
         self._workers: dict[str, subprocess.Popen] = {}
+        self._stopping: set[str] = set()  # jobs asked to stop: a SIGTERM that ends one is a stop
+        self._deaths: dict[str, dict] = {}  # the error of a dead worker whose job is not yet settled
         self._lock = threading.RLock()
         self._closed = threading.Event()
         # Only the service manages workers; the command line runs its one job in its own process.
@@ -78,8 +87,15 @@ class JobManager:
             resolved = self.resolver.resolve(model_name)
         except ModelNotFound as exc:
             raise InputError("model_name", str(exc)) from None
-        validate(DataSpec.from_config(config), self.settings)
+        if config.eval_provider and not self.provider_configured(config.eval_provider):
+            raise InputError("eval_provider", f"{config.eval_provider} is not configured: POST "
+                             "/providers/configure first, or use local_mlx")
+        summary = validate(DataSpec.from_config(config), self.settings)
+        if config.batch_size > summary.train_rows:
+            raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
+                             f"rows of {summary.source} (after validation_split {config.validation_split})")
         name = config.experiment_name
+        space.require_room(self.run_root(name), space.checkpoint_bytes(resolved.path, config))
         with self._lock:
             if request_id is not None and (earlier := self.store.by_request(request_id)) is not None:
                 return self._replayed(earlier, config, request_id)  # the same retry, sent twice at once
@@ -107,6 +123,7 @@ class JobManager:
             elif job["status"] == "running":
                 worker = self._workers.get(job["job_id"])
                 if worker is not None and worker.poll() is None:
+                    self._stopping.add(job["job_id"])
                     worker.send_signal(signal.SIGTERM)  # the worker checkpoints, then marks itself stopped
                     self.store.event(job["job_id"], "message", "stop requested")
                 else:
@@ -123,6 +140,13 @@ class JobManager:
             if job["status"] not in RESUMABLE:
                 why = f"{experiment_name} is {job['status']}; only stopped, failed or interrupted jobs resume"
                 raise InputError("experiment_name", why, status=409)
+            try:
+                config = TrainingConfig(**job["config"])
+            except ValidationError as exc:  # a job stored before today's limits
+                raise InputError("experiment_name", f"{experiment_name}'s stored config is no longer valid "
+                                 f"({exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}); start a new job",
+                                 status=409) from None
+            space.require_room(Path(job["run_dir"]), space.checkpoint_bytes(job["model_path"], config))
             status = "queued" if launch else "running"
             self.store.update(job["job_id"], status=status, phase=status, resume=1, error=None,
                               finished_at=None, pid=None)
@@ -193,16 +217,32 @@ class JobManager:
                 code = worker.poll()
                 if code is None:
                     continue
-                del self._workers[job_id]
-                job = self.store.get(job_id)
-                # Only a job this worker still owns: a resumed job is queued again, with no pid.
-                if job["status"] == "running" and job["pid"] == worker.pid:
+                # Settled first, forgotten after: if the store cannot be written (its disk is full),
+                # the next round tries again instead of leaving the job `running` for ever. Why it
+                # died is judged once, when it died: the disk may have been freed by the next round.
+                if job_id not in self._deaths:
                     how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                    tail = _tail(Path(job["run_dir"]) / "worker.log")
-                    self.store.set_status(job_id, "failed", f"worker {how}", level="error", phase="failed",
-                                          error={"code": "worker_died", "message": f"the worker {how}",
-                                                 "log_tail": tail})
+                    self._deaths[job_id] = _death(how, self.settings.home_dir / "runs")
+                self._settle(job_id, worker, code)
+                del self._workers[job_id]
+                self._stopping.discard(job_id)
+                self._deaths.pop(job_id, None)
             self._schedule()
+
+    def _settle(self, job_id: str, worker: subprocess.Popen, code: int) -> None:
+        """The end of a job whose worker exited without saying how it ended."""
+        job = self.store.get(job_id)
+        # Only a job this worker still owns: a resumed job is queued again, with no pid.
+        if job["status"] != "running" or job["pid"] != worker.pid:
+            return
+        if job_id in self._stopping and code == -signal.SIGTERM:
+            # Stopped while starting up, before the worker set its own handler: nothing trained.
+            self.store.set_status(job_id, "stopped", "stopped while starting", phase="stopped")
+            return
+        error = self._deaths.get(job_id) or _death(f"exited with code {code}", Path(job["run_dir"]))
+        error["log_tail"] = _tail(Path(job["run_dir"]) / "worker.log")
+        self.store.set_status(job_id, "failed", error["message"], level="error", phase="failed",
+                              error=error)
 
     def _recover(self) -> None:
         """Jobs left running by a service that is gone are interrupted (resumable). A job whose process
@@ -236,6 +276,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _death(how: str, runs: Path) -> dict:
+    """The error of a worker that died without saying why; a full disk is named, since the log that
+    would say so is on that disk."""
+    error = {"code": "worker_died", "message": f"the worker {how}"}
+    free = space.free_bytes(runs)
+    if free < space.MARGIN:
+        error |= {"code": "disk_full", "message": f"the worker {how}: No space left on device under "
+                  f"{runs} ({free / 1024:.0f} KiB free)"}
+    return error
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -1,9 +1,10 @@
 """One training run on mlx-lm's tuner pieces: full-parameter SFT, LoRA, or QLoRA.
 
 mlx-lm's own `train()` saves adapters only, does not seed its batch order and can only be stopped by
-raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `iterate_batches`
-with a seed, `default_loss`, `evaluate`) and adds what a resumable job needs: checkpoints with the
-optimizer state, step and data position, and a clean stop between steps.
+raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `default_loss`,
+`evaluate`) and adds what a resumable job needs: a batch order of its own (`batching.DataOrder`:
+mlx-lm's `iterate_batches` draws from numpy's global generator, as its validation does), checkpoints
+holding the optimizer state, step, data position and random state, and a clean stop between steps.
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from workbench.data import DataSpec, build
 from workbench.errors import InputError
-from workbench.training import batching, checkpoint, fastmath, losses, policy
+from workbench.training import batching, checkpoint, fastmath, faults, losses, policy
 from workbench.training.config import TrainingConfig
 
 _MB = 1024 * 1024
+
+
+class LossNotFinite(RuntimeError):
+    """The loss turned NaN or infinite: the weights are ruined, so the run fails and publishes nothing."""
+
+    def __init__(self, what: str, step: int, value: float):
+        super().__init__(f"{what} became {value} at step {step}: training diverged (lower learning_rate, "
+                         f"weight_decay or lora_alpha, or set max_grad_norm); the last good checkpoint "
+                         f"is kept and no adapter was published")
+        self.step = step
 
 
 class Reporter(Protocol):
@@ -174,7 +185,8 @@ class TrainingRun:
         total = self.total_steps(len(train))
         optimizer = self.optimizer(total)
 
-        start = 0
+        start, order = 0, batching.DataOrder(train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
+                                             cfg.group_by_length, cfg.packing)
         saved = checkpoint.load_latest(self.run_dir / "checkpoints") if resume else None
         if saved is not None:
             model.load_weights(list(saved.weights.items()), strict=False)
@@ -183,6 +195,7 @@ class TrainingRun:
             optimizer.init(model.trainable_parameters())
             optimizer.state = saved.optimizer_state
             start = saved.step
+            order = self._restore_randomness(saved, train)
             self.reporter.phase("training", f"resuming from step {start}")
 
         # The fast SwiGLU and attention must be in place while the step is traced (at its first call,
@@ -191,7 +204,7 @@ class TrainingRun:
             if swapped:
                 self.reporter.note(f"the model's {' and '.join(swapped)} use the fast exp (measured faster "
                                    "on this CPU)", {"fast_kernels": swapped})
-            step, stopped = self._train(model, optimizer, train, data, start, total)
+            step, stopped = self._train(model, optimizer, order, data, start, total)
         if stopped:
             return RunOutcome(stopped, step, None)
         self.reporter.phase("saving", "writing the final checkpoint and adapter")
@@ -200,16 +213,27 @@ class TrainingRun:
         self.model, self.tokenizer, self.data, self.total = model, tokenizer, data, total
         return RunOutcome("completed", step, adapter)
 
-    def _train(self, model, optimizer, train, data, start: int, total: int) -> tuple[int, str | None]:
+    def _restore_randomness(self, saved: checkpoint.Checkpoint, train) -> batching.DataOrder:
+        """The data order where the checkpoint left it, and dropout's generator as it was then."""
+        cfg = self.config
+        position = saved.extra.get("data_order")
+        order = batching.DataOrder(train, cfg.batch_size, cfg.max_seq_length, cfg.seed, cfg.group_by_length,
+                                   cfg.packing, position)
+        if position is None:  # a checkpoint from before the order's position was saved
+            order.skip(saved.extra.get("batches_used", saved.step * cfg.gradient_accumulation_steps))
+        key = saved.extra.get("random_key")
+        if key is not None:
+            # mx.random.seed(s) sets the key to (s >> 32, s & 0xffffffff): the saved key, exactly.
+            mx.random.seed((int(key[0]) << 32) | int(key[1]))
+        return order
+
+    def _train(self, model, optimizer, batches: batching.DataOrder, data, start: int,
+               total: int) -> tuple[int, str | None]:
         """Steps `start + 1` to `total`, with evaluations and checkpoints on the way. Returns the last
         step done, and why it stopped short of `total` if it did."""
         cfg = self.config
         one_step = self._step_function(model, optimizer)
-        batches = batching.batches(train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
-                                   cfg.group_by_length, cfg.packing)
-        # The data position: skip the batches the earlier part of the run already used.
-        for _ in range(start * cfg.gradient_accumulation_steps):
-            next(batches)
+        self.batches = batches
 
         self.reporter.phase("training", f"training steps {start + 1} to {total}")
         model.train()
@@ -223,6 +247,9 @@ class TrainingRun:
                 return step, reason
             loss, tokens, elapsed, counts = one_step(batches)
             step += 1
+            faults.reach("step", step)
+            if not math.isfinite(loss):
+                raise LossNotFinite("the training loss", step, loss)
             self.reporter.step(step, total, {
                 "loss": loss, "learning_rate": float(optimizer.learning_rate), "tokens": tokens,
                 # Trained tokens (as mlx-lm counts them), real input tokens, and every position
@@ -235,9 +262,14 @@ class TrainingRun:
             if data.valid is not None and (step % cfg.eval_steps == 0 or step == total):
                 self.reporter.phase("evaluating", f"validation loss at step {step}")
                 val_loss = evaluate(model, data.valid, batch_size=min(cfg.batch_size, len(data.valid)),
-                                    num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length)
+                                    num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length,
+                                    iterate_batches=partial(batching.validation_batches, seed=cfg.seed,
+                                                            step=step))
                 model.train()
+                if not math.isfinite(val_loss):
+                    raise LossNotFinite("the validation loss", step, val_loss)
                 self.reporter.evaluation(step, {"eval_loss": float(val_loss)})
+                faults.reach("after_eval", step)
                 if step < total:
                     self.reporter.phase("training", f"training steps {step + 1} to {total}")
             if step % cfg.save_every == 0 and step < total:
@@ -286,10 +318,15 @@ class TrainingRun:
         return one_step
 
     def _save(self, model, optimizer, step: int) -> Path:
-        mx.eval(model.trainable_parameters(), optimizer.state)
+        """A checkpoint holding every source of randomness beside the weights and optimizer state:
+        the data order's position and dropout's `mx.random` key (validation draws depend on the
+        seed and the step only), so a resumed run repeats the uninterrupted one's losses."""
+        mx.eval(model.trainable_parameters(), optimizer.state, mx.random.state)
         batches_used = step * self.config.gradient_accumulation_steps
+        key = [int(k) for k in mx.random.state[0].tolist()]
         return checkpoint.save(self.run_dir / "checkpoints", step, model, optimizer,
-                               {"seed": self.config.seed, "batches_used": batches_used})
+                               {"seed": self.config.seed, "batches_used": batches_used,
+                                "data_order": self.batches.position(), "random_key": key})
 
 
 def lora_keys(model: nn.Module, targets: list[str]) -> list[str]:

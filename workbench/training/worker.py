@@ -7,6 +7,7 @@ dies, it checkpoints and ends as `interrupted`, so a restarted service can resum
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -18,9 +19,10 @@ from pathlib import Path
 import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
 from workbench.errors import InputError
 from workbench.settings import Settings
+from workbench.training.checkpoint import DiskFull
 from workbench.training.config import TrainingConfig
 from workbench.training.policy import current_backend, use_kernel_cache
-from workbench.training.run import TrainingRun
+from workbench.training.run import LossNotFinite, TrainingRun
 from workbench.training.store import JobStore
 
 log = logging.getLogger("workbench.worker")
@@ -108,8 +110,14 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
         return "completed"
     except InputError as exc:
         error = {"code": "invalid_input", "field": exc.field, "message": exc.message}
+    except DiskFull as exc:
+        # The log is likely on the full disk too: the store (the error field) is where this is read.
+        error = {"code": "disk_full", "message": str(exc), "path": str(exc.path)}
+    except LossNotFinite as exc:
+        error = {"code": "loss_not_finite", "message": str(exc), "step": exc.step}
     except Exception as exc:
-        traceback.print_exc()
+        with contextlib.suppress(OSError):  # a log on a full disk must not hide the error below
+            traceback.print_exc()
         error = {"code": type(exc).__name__, "message": str(exc)[:2000]}
     store.set_status(job_id, "failed", f"failed: {error['message']}", level="error", phase="failed",
                      error=error)

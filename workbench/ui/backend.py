@@ -138,7 +138,7 @@ class LocalBackend(Backend):
     def health(self) -> dict:
         from workbench.system import health
 
-        return health()
+        return health(self.workbench.settings.home_dir)
 
     def status(self) -> dict:
         return self.workbench.status()
