@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
 
 import workbench  # noqa: F401  (before mlx)
 from workbench.training import calibration, fastmath, losses, policy
@@ -83,14 +82,21 @@ def test_the_policy_runs_only_what_calibration_measured_faster(tiny, tmp_path):
     assert chosen.as_dict()["calibration"]["cpu"] == calibration.cpu_identity()["cpu"]
 
 
-def test_calibration_leaves_the_run_s_random_state_alone(tiny, tmp_path):
+def test_calibration_leaves_the_run_s_random_state_and_mode_alone(tiny, tmp_path):
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
     model, _ = tiny
+    lora = type(model)(model.args)
+    lora.update(model.parameters())
+    lora.freeze()
+    linear_to_lora_layers(lora, 2, {"rank": 4, "scale": 2.0, "dropout": 0.3})  # dropout draws at random
+    lora.train()
     mx.random.seed(7)
     expected = mx.random.uniform(shape=(4,)).tolist()
     mx.random.seed(7)
-    calibration.calibrate(model, 2, 64, tmp_path, None)
+    calibration.calibrate(lora, 2, 64, tmp_path, None)
     assert mx.random.uniform(shape=(4,)).tolist() == expected
-    assert isinstance(model.layers[0].mlp, nn.Module)  # the model is left as it was
+    assert lora.training
 
 
 def test_the_openblas_core_measured_fastest_is_chosen_and_kept(tmp_path):

@@ -119,8 +119,15 @@ def calibrate(model: nn.Module, batch_size: int, max_seq_length: int, home: Path
     kernels = kernels or {"swiglu": fastmath.swiglu, "attention": fastmath.attention,
                           "cross_entropy": losses.cross_entropy}
     sides = {"mlx": {}} | {name: {name: kernels[name]} for name in ("swiglu", "attention")}
-    timings = {"block": time_block(model, shape, sides, repeats),
-               "loss": _time_loss(shape, kernels["cross_entropy"], repeats)}
+    # In eval mode: LoRA's dropout would draw from the run's random state, and a resumed run (which
+    # finds the decision cached) would then draw differently.
+    training = model.training
+    model.eval()
+    try:
+        timings = {"block": time_block(model, shape, sides, repeats),
+                   "loss": _time_loss(shape, kernels["cross_entropy"], repeats)}
+    finally:
+        model.train(training)
     fast = [name for name in ("swiglu", "attention") if timings["block"][name] < timings["block"]["mlx"]]
     if timings["loss"]["fast"] < timings["loss"]["mlx"]:
         fast.insert(0, "loss")
