@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import workbench
+from service.body_guard import BodyGuard
 from service.errors import install_error_handlers
 from service.routes import generate, openai_compat, providers, system, training
 from workbench.core import Workbench
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     for module in (system, providers, generate, openai_compat, training):
         app.include_router(module.router)
     return app

@@ -11,3 +11,14 @@ class InputError(ValueError):
         self.field = field
         self.message = message
         self.status = status
+
+
+class Busy(RuntimeError):
+    """Too much work already waits for what the request needs: try again later (HTTP 429).
+
+    Neither the caller's mistake nor a provider's failure: nothing is cooled down."""
+
+    def __init__(self, field: str, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.field = field
+        self.retry_after_s = retry_after_s

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from workbench.errors import InputError
+from workbench.errors import Busy, InputError
 from workbench.providers.catalog import LOCAL, PROVIDERS
 from workbench.providers.litellm_bridge import litellm
 from workbench.providers.local_mlx import GenerationResult, LocalMLX
@@ -27,6 +27,9 @@ from workbench.providers.store import ProviderConfig, ProviderStore
 from workbench.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A provider's answers that blame the request, not the provider (its input, its size).
+REQUEST_REFUSED = frozenset({400, 413, 422})
 
 
 class AllProvidersFailed(RuntimeError):
@@ -151,8 +154,8 @@ class ProviderRouter:
             started = time.perf_counter()
             try:
                 result = self._complete_with(name, params)
-            except InputError:
-                raise  # the caller's to fix, not a failure of the provider
+            except (InputError, Busy):
+                raise  # the caller's to fix, or to retry later: not a failure of the provider
             except Exception as exc:
                 attempts.append(self._failed(name, exc, started))
                 continue
@@ -273,13 +276,16 @@ class ProviderRouter:
         return _Call(self.store.configs[name]["model"], messages, kwargs)
 
     def _failed(self, name: str, exc: Exception, started: float) -> Attempt:
-        # Every failure cools the provider down, in litellm's own cooldown store (which the router
-        # consults). litellm by itself skips a lone deployment, and never cools down a 403 or a
-        # refused connection reported as APIConnectionError.
+        # Every failure of the provider cools it down, in litellm's own cooldown store (which the
+        # router consults). litellm by itself skips a lone deployment, and never cools down a 403 or
+        # a refused connection reported as APIConnectionError. A remote provider's refusal of the
+        # request itself (400, 413, 422) is no fault of the provider: the next one is asked, and the
+        # provider stays in use for the next clients.
         status = getattr(exc, "status_code", None) or 500
-        self._router.health().cooldowns.add_deployment_to_cooldown(
-            name, exc, int(status), self.settings.provider_cooldown_s
-        )
+        if int(status) not in REQUEST_REFUSED:
+            self._router.health().cooldowns.add_deployment_to_cooldown(
+                name, exc, int(status), self.settings.provider_cooldown_s
+            )
         message = redactor(str(exc))[:300]
         attempt = Attempt(name, "failed", type(exc).__name__, message,
                           round((time.perf_counter() - started) * 1000, 1))
