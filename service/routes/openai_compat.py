@@ -13,12 +13,12 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.deps import Authorized, WorkbenchDep
+from service.threads import in_generation_thread
 from workbench.providers.catalog import LOCAL, PROVIDERS
 from workbench.providers.local_mlx import GenerationResult
 from workbench.providers.params import (
@@ -153,7 +153,7 @@ async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep)
     params = body.params(messages=[m.plain() for m in body.messages])
     if body.stream:
         return await _stream(workbench, params, body, chat=True)
-    result = await run_in_threadpool(workbench.generate, params)
+    result = await in_generation_thread(workbench.generate, params)
     return _envelope("chat.completion", result.model) | {
         "choices": [{"index": 0, "finish_reason": _finish(result.finish_reason),
                      "message": {"role": "assistant", "content": result.generated_text}}],
@@ -167,7 +167,7 @@ async def completions(body: CompletionRequest, workbench: WorkbenchDep):
     params = body.params(prompt=body.prompt)
     if body.stream:
         return await _stream(workbench, params, body, chat=False)
-    result = await run_in_threadpool(workbench.generate, params)
+    result = await in_generation_thread(workbench.generate, params)
     return _envelope("text_completion", result.model) | {
         "choices": [{"index": 0, "text": result.generated_text, "logprobs": None,
                      "finish_reason": _finish(result.finish_reason)}],
@@ -180,7 +180,7 @@ def _data(obj: dict) -> str:
 
 
 async def _stream(workbench, params: GenerateParams, body: _OpenAIRequest, chat: bool) -> StreamingResponse:
-    stream = await run_in_threadpool(workbench.stream, params)
+    stream = await in_generation_thread(workbench.stream, params)
     head = _envelope("chat.completion.chunk" if chat else "text_completion", body.model)
 
     def chunk(finish: str | None = None, **delta) -> str:
@@ -195,7 +195,7 @@ async def _stream(workbench, params: GenerateParams, body: _OpenAIRequest, chat:
         try:
             if chat:
                 yield chunk(role="assistant")
-            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+            while (piece := await in_generation_thread(next, pieces, None)) is not None:
                 yield chunk(content=piece)
             result = stream.result()
             yield chunk(_finish(result.finish_reason))

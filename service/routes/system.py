@@ -4,18 +4,18 @@ from fastapi import APIRouter
 
 from service.deps import Authorized, WorkbenchDep
 from service.schemas import HealthResponse, StatusResponse
-from workbench.system import health as system_health
+from service.threads import in_system_thread
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/health", response_model=HealthResponse)
-def health() -> dict:
-    """Readiness: MLX, BLAS, memory and device. Needs no token."""
-    return system_health()
+async def health(workbench: WorkbenchDep) -> dict:
+    """Health (MLX, BLAS, memory, device) and readiness (what is still loading). Needs no token."""
+    return await in_system_thread(workbench.health)
 
 
 @router.get("/status", response_model=StatusResponse, dependencies=[Authorized])
-def status(workbench: WorkbenchDep) -> dict:
+async def status(workbench: WorkbenchDep) -> dict:
     """Server information, training jobs and memory use."""
-    return workbench.status()
+    return await in_system_thread(workbench.status)
