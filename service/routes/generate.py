@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
 from service.deps import Authorized, WorkbenchDep
+from service.openapi import COMMON, error_responses
 from service.schemas import BatchItem, GenerateResponse
 from service.threads import in_generation_thread
 from workbench.providers.local_mlx import GenerationResult
@@ -15,7 +16,8 @@ from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderStream
 from workbench.providers.secrets import redactor
 
-router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized])
+router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized],
+                   responses=error_responses(*COMMON, 401, 429, 503))
 
 _STREAM_DOC = {
     200: {

@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.deps import Authorized, WorkbenchDep
+from service.openapi import COMMON, error_responses
 from service.threads import in_generation_thread
 from workbench.providers.catalog import LOCAL, PROVIDERS
 from workbench.providers.local_mlx import GenerationResult
@@ -32,7 +33,11 @@ from workbench.providers.params import (
 )
 from workbench.providers.secrets import redactor
 
-router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized],
+                   responses=error_responses(*COMMON, 401, 429, 503, openai=True))
+
+_STREAM_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events (`data:` chunks, "
+                     "then `data: [DONE]`).", "content": {"text/event-stream": {}}}}
 
 
 class _OpenAIRequest(BaseModel):
@@ -147,7 +152,7 @@ def list_models(workbench: WorkbenchDep) -> dict:
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": owner} for n, owner in entries]}
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=_STREAM_DOC)
 async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep):
     """OpenAI chat completions, whole or streamed."""
     params = body.params(messages=[m.plain() for m in body.messages])
@@ -161,7 +166,7 @@ async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep)
     }
 
 
-@router.post("/completions")
+@router.post("/completions", responses=_STREAM_DOC)
 async def completions(body: CompletionRequest, workbench: WorkbenchDep):
     """OpenAI (legacy) text completions: the prompt is continued as it is, whole or streamed."""
     params = body.params(prompt=body.prompt)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import Authorized, WorkbenchDep
+from service.openapi import error_responses
 from service.schemas import HealthResponse, StatusResponse
 from service.threads import in_system_thread
 
@@ -15,7 +16,8 @@ async def health(workbench: WorkbenchDep) -> dict:
     return await in_system_thread(workbench.health)
 
 
-@router.get("/status", response_model=StatusResponse, dependencies=[Authorized])
+@router.get("/status", response_model=StatusResponse, dependencies=[Authorized],
+            responses=error_responses(401))
 async def status(workbench: WorkbenchDep) -> dict:
     """Server information, training jobs and memory use."""
     return await in_system_thread(workbench.status)

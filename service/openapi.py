@@ -1,0 +1,73 @@
+"""The error answers every route may give, declared in the OpenAPI schema with their bodies.
+
+A client generated from /openapi.json then knows each status a route can answer, and its shape:
+`{"detail": [{"loc", "msg", "type"}]}` everywhere but /v1, OpenAI's `{"error": {...}}` under /v1
+(as `service.errors` renders them). Routers declare the statuses that apply to them with
+`error_responses`; the statuses any request can meet (a body that cannot be read, too large, of
+another content type, invalid) are in `COMMON`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where: body, path, query or header, then the field.")
+    msg: str = Field(description="What is wrong, and what would be accepted.")
+    type: str = Field(description="A machine-readable kind of error.")
+    input: Any = Field(default=None, description="The value refused (shortened), when it can be shown.")
+    ctx: dict | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: list[ErrorItem] = Field(min_length=1)
+
+
+class ProviderFailureBody(ErrorBody):
+    attempts: list[dict] = Field(
+        description="Each provider tried, in order: provider, outcome (failed, skipped), error, ms."
+    )
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIError
+
+
+_WHY = {
+    400: "The body could not be read as JSON, or the request cannot be served as asked.",
+    401: "WORKBENCH_API_TOKEN is set and the request lacks the bearer token.",
+    404: "No such experiment, provider or model.",
+    409: "The experiment is in a state that does not allow it (already running, nothing to resume).",
+    413: "The body exceeds WORKBENCH_MAX_BODY_BYTES.",
+    415: "The body is not JSON (Content-Type).",
+    422: "A field is missing, of the wrong type or out of range; each error names it.",
+    429: "The model's batch and queue are full: retry after `Retry-After` seconds.",
+    503: "No provider could answer: each attempt is listed.",
+}
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                "schema": {"type": "integer", "minimum": 0}}}
+
+COMMON = (400, 413, 415, 422)
+
+
+def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a router or route: each status with its description and body model."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        model = OpenAIErrorBody if openai else (ProviderFailureBody if status == 503 else ErrorBody)
+        entry: dict[str, Any] = {"model": model, "description": _WHY[status]}
+        if status == 429:
+            entry["headers"] = _RETRY_AFTER
+        declared[status] = entry
+    return declared
