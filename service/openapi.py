@@ -47,7 +47,8 @@ _WHY = {
     400: "The body could not be read as JSON, or the request cannot be served as asked.",
     401: "WORKBENCH_API_TOKEN is set and the request lacks the bearer token.",
     404: "No such experiment, provider or model.",
-    409: "The experiment is in a state that does not allow it (already running, nothing to resume).",
+    409: "The request conflicts with the server's state: an experiment already running or with "
+    "nothing to resume; no provider of the fallback order configured.",
     413: "The body exceeds WORKBENCH_MAX_BODY_BYTES.",
     415: "The body is not JSON (Content-Type).",
     422: "A field is missing, of the wrong type or out of range; each error names it.",

@@ -17,7 +17,7 @@ from workbench.providers.router import ProviderStream
 from workbench.providers.secrets import redactor
 
 router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized],
-                   responses=error_responses(*COMMON, 401, 429, 503))
+                   responses=error_responses(*COMMON, 401, 409, 429, 503))
 
 _STREAM_DOC = {
     200: {

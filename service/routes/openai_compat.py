@@ -34,7 +34,7 @@ from workbench.providers.params import (
 from workbench.providers.secrets import redactor
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized],
-                   responses=error_responses(*COMMON, 401, 429, 503, openai=True))
+                   responses=error_responses(*COMMON, 401, 409, 429, 503, openai=True))
 
 _STREAM_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events (`data:` chunks, "
                      "then `data: [DONE]`).", "content": {"text/event-stream": {}}}}

@@ -66,7 +66,11 @@ class ModelResolver:
                                  trained.get("quantization_bits"))
 
         folder = Path(target).expanduser()
-        if folder.is_dir():
+        try:
+            is_folder = folder.is_dir()
+        except (OSError, ValueError):  # too long for a path, or a NUL byte: a name, not a folder
+            is_folder = False
+        if is_folder:
             if not (folder / "config.json").exists():
                 raise ModelNotFound(name, f"folder {folder} has no config.json")
             return ResolvedModel(name, str(folder.resolve()), "folder")

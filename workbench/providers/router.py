@@ -260,6 +260,12 @@ class ProviderRouter:
                 "provider", f"{params.provider} is not configured: POST /providers/configure first"
             )
         chain = self.chain(params.provider)
+        if not any(self.configured(name) for name in chain):
+            # Nothing to try: a setting to change, not a provider that is down (503).
+            raise InputError(
+                "provider", f"no provider of the fallback order {chain} is configured: configure one, "
+                "or add local_mlx to the order (POST /providers/fallback)", status=409,
+            )
         if LOCAL in chain:
             self.local.model(params.model)  # an unknown local model is the caller's error, found now
         return chain
