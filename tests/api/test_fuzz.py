@@ -16,7 +16,7 @@ from tests.api.conftest import run_service
 
 pytest.importorskip("schemathesis")
 
-MAX_TIME_S = 90
+MAX_TIME_S = 60
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_headers_conformance,response_schema_conformance")
 

@@ -14,7 +14,7 @@ import requests
 from tests.api.conftest import run_service
 
 CLIENTS = 50
-LOAD_S = 15
+LOAD_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,15 @@ def test_health_and_status_answer_at_once_under_long_generations_and_training(lo
                     response = probe.get(loaded.url + path, timeout=30)
                     samples.append(time.perf_counter() - started)
                     assert response.status_code == 200
-                time.sleep(0.05)
+                time.sleep(0.02)
             running = probe.get(loaded.url + "/status").json()
         stop.set()
     loaded.post("/train/under_load/stop")
 
     health_p99, status_p99 = p99_ms(timings["/health"]), p99_ms(timings["/status"])
+    for path, samples in timings.items():
+        print(path, "slowest ms:", [round(s * 1000) for s in sorted(samples)[-6:]],
+              "median ms:", round(statistics.median(samples) * 1000, 1))
     print(f"{CLIENTS} clients, {len(answers)} generations: /health p99 {health_p99:.1f} ms, "
           f"/status p99 {status_p99:.1f} ms over {len(timings['/health'])} probes each")
     assert running["training_jobs"]["running"] == 1
