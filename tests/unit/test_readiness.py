@@ -1,18 +1,24 @@
 """Readiness: not ready while the default model is built and loaded, with what is loading; then ready."""
 
+import threading
+
 from workbench.core import Workbench
 from workbench.settings import Settings
 
 
-def test_health_is_not_ready_while_the_default_model_loads_then_ready(tmp_path):
-    # A models folder of its own: the tiny model is built there first, which takes seconds.
-    settings = Settings(home=tmp_path / "home", models_path=tmp_path / "models", hub_downloads=False)
+def test_health_is_not_ready_while_the_default_model_loads_then_ready(settings, monkeypatch):
     workbench = Workbench(settings, manage_jobs=False)
+    # Hold the load until health was read: a build of the tiny model takes seconds, but not always.
+    gate = threading.Event()
+    load = workbench.local.model
+    monkeypatch.setattr(workbench.local, "model", lambda name: gate.wait(30) and load(name))
     try:
         loading = workbench.warm_up()
         during = workbench.health()
-        loading.join(timeout=120)
+        gate.set()
+        loading.join(timeout=60)
         after = workbench.health()
+        loaded = [m["name"] for m in workbench.local.loaded_models()]
     finally:
         workbench.close()
 
@@ -20,6 +26,7 @@ def test_health_is_not_ready_while_the_default_model_loads_then_ready(tmp_path):
     assert [item["what"] for item in during["loading"]] == ["default model tiny"]
     assert during["status"] in ("healthy", "degraded") and "memory_usage" in during
     assert after["ready"] is True and after["loading"] == [] and after["failed"] == []
+    assert loaded == ["tiny"]
 
 
 def test_a_default_model_that_cannot_load_is_named_and_the_service_not_ready(tmp_path, models_dir):
