@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -63,10 +64,19 @@ def _short(value):
     return f"{text[:_ECHO_CHARS]}... ({len(text)} characters)"
 
 
+# pydantic names the member of a union it tried (`stop.list[constrained-str].0`): not a field.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|dict|list|none|constrained-.*|function-.*|.*\[.*\])$")
+
+
+def _field_loc(loc: list) -> list:
+    return [part for part in loc if not (isinstance(part, str) and _UNION_MEMBER.match(part))]
+
+
 def error_content(path: str, status: int, errors: list[dict], **extra) -> dict:
     """The body of an error answer for a request to `path`."""
     errors = printable(jsonable_encoder(errors))
     for error in errors:
+        error["loc"] = _field_loc(error.get("loc", []))
         if "input" in error:
             error["input"] = _short(error["input"])
     if path.startswith("/v1/"):
