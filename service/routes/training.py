@@ -20,7 +20,10 @@ from workbench.training.store import ACTIVE, TERMINAL
 router = APIRouter(prefix="/train", tags=["training"], dependencies=[Authorized],
                    responses=error_responses(*COMMON, 401, 404, 409))
 
-ExperimentName = Annotated[str, Path(pattern=EXPERIMENT_NAME.pattern, description="The experiment's name.")]
+# Anchored here whatever the library's own form (match or fullmatch): a schema's pattern, and
+# pydantic's, match anywhere in the value unless anchored.
+_NAME_PATTERN = "^(?:" + EXPERIMENT_NAME.pattern.removeprefix("^").removesuffix("$") + ")$"
+ExperimentName = Annotated[str, Path(pattern=_NAME_PATTERN, description="The experiment's name.")]
 
 
 _EVENTS_DOC = {200: {"content": {"text/event-stream": {}},
