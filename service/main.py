@@ -11,6 +11,7 @@ from fastapi import FastAPI
 import workbench
 from service.body_guard import BodyGuard
 from service.errors import install_error_handlers
+from service.openapi import keep_what_applies
 from service.routes import generate, openai_compat, providers, system, training
 from workbench.core import Workbench
 from workbench.providers.litellm_bridge import route_litellm_logs
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     for module in (system, providers, generate, openai_compat, training):
         app.include_router(module.router)
+    keep_what_applies(app)
     return app
 
 

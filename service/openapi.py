@@ -72,3 +72,27 @@ def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dic
             entry["headers"] = _RETRY_AFTER
         declared[status] = entry
     return declared
+
+
+_BODY_ONLY = (400, 413, 415)
+
+
+def keep_what_applies(app) -> None:
+    """Drop, from each operation's declared errors, those it cannot answer: one without a body
+    cannot find it unreadable, too large or of another type (400, 413, 415), and one that takes no
+    input at all has nothing to refuse (422). Routers declare errors wholesale; this trims them in
+    the published schema."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            for operations in generate()["paths"].values():  # generate() keeps what it makes
+                for operation in operations.values():
+                    takes_body = "requestBody" in operation
+                    drop = (() if takes_body else _BODY_ONLY)
+                    drop += (() if takes_body or operation.get("parameters") else (422,))
+                    for status in drop:
+                        operation["responses"].pop(str(status), None)
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -29,15 +29,18 @@ from workbench.providers.params import (
     MAX_STOPS,
     ChatMessage,
     GenerateParams,
+    StopList,
     StopText,
 )
 from workbench.providers.secrets import redactor
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized],
-                   responses=error_responses(*COMMON, 401, 409, 429, 503, openai=True))
+                   responses=error_responses(*COMMON, 401, openai=True))
 
-_STREAM_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events (`data:` chunks, "
-                     "then `data: [DONE]`).", "content": {"text/event-stream": {}}}}
+# What a generation can answer besides: JSON or an event stream, or a provider's refusal.
+_GENERATION_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events (`data:` chunks, "
+                         "then `data: [DONE]`).", "content": {"text/event-stream": {}}},
+                   **error_responses(409, 429, 503, openai=True)}
 
 
 class _OpenAIRequest(BaseModel):
@@ -50,7 +53,7 @@ class _OpenAIRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: StopText | list[StopText] | None = Field(default=None, description=f"Up to {MAX_STOPS} strings.")
+    stop: StopText | StopList | None = Field(default=None, description=f"Up to {MAX_STOPS} strings.")
     stream: bool = False
     stream_options: dict | None = None
     n: Literal[1] = 1
@@ -152,7 +155,7 @@ def list_models(workbench: WorkbenchDep) -> dict:
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": owner} for n, owner in entries]}
 
 
-@router.post("/chat/completions", responses=_STREAM_DOC)
+@router.post("/chat/completions", responses=_GENERATION_DOC)
 async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep):
     """OpenAI chat completions, whole or streamed."""
     params = body.params(messages=[m.plain() for m in body.messages])
@@ -166,7 +169,7 @@ async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep)
     }
 
 
-@router.post("/completions", responses=_STREAM_DOC)
+@router.post("/completions", responses=_GENERATION_DOC)
 async def completions(body: CompletionRequest, workbench: WorkbenchDep):
     """OpenAI (legacy) text completions: the prompt is continued as it is, whole or streamed."""
     params = body.params(prompt=body.prompt)

@@ -16,6 +16,7 @@ MAX_MESSAGES = 1_000
 MAX_MODEL_NAME_CHARS = 1_024
 
 StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopText], Field(max_length=MAX_STOPS)]
 
 ProviderName = Literal["openai", "anthropic", "together", "ollama", "local_mlx"]
 
@@ -40,7 +41,7 @@ class SamplingParams(BaseModel):
     )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="0 is greedy (deterministic).")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    stop: StopText | list[StopText] = Field(
+    stop: StopText | StopList = Field(
         default_factory=list,
         description=f"A string or up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters; "
         "generation ends before the first one it produces.",
