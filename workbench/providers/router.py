@@ -190,8 +190,7 @@ class ProviderRouter:
             started = time.perf_counter()
             if name == LOCAL:
                 # In-process: stream from the engine itself, which also reports the folder and warnings.
-                self._succeeded(name, started, attempts)
-                return self._local_stream(params, [a.as_dict() for a in attempts])
+                return self._local_stream(params, attempts, started)
             call = self._call_for(name, params)
             try:
                 response = self._router.completion(model=name, messages=call.messages, stream=True,
@@ -205,10 +204,12 @@ class ProviderRouter:
             return self._remote_stream(name, call, params, first, chunks, [a.as_dict() for a in attempts])
         raise AllProvidersFailed([a.as_dict() for a in attempts])
 
-    def _local_stream(self, params: GenerateParams, attempts: list[dict]) -> ProviderStream:
-        prepared, stream = self.local.start(params)
+    def _local_stream(self, params: GenerateParams, attempts: list[Attempt], started: float):
+        prepared, stream = self.local.start(params)  # a refusal (4xx, 429) is raised, not a success
+        self._succeeded(LOCAL, started, attempts)
         return ProviderStream(
-            iter(stream), lambda: prepared.result(stream, params.prompt), stream.cancel, attempts
+            iter(stream), lambda: prepared.result(stream, params.prompt), stream.cancel,
+            [a.as_dict() for a in attempts],
         )
 
     def _remote_stream(self, name, call, params, first, chunks, attempts) -> ProviderStream:
