@@ -13,14 +13,16 @@ from workbench.core import Workbench
 _bearer = HTTPBearer(auto_error=False, description="WORKBENCH_API_TOKEN, when the server sets one.")
 
 
-def get_workbench(request: Request) -> Workbench:
+# Both dependencies are async: they never block, and a sync one costs every request a trip through
+# anyio's shared threadpool (under load, tens of milliseconds of /status's answer).
+async def get_workbench(request: Request) -> Workbench:
     return request.app.state.workbench
 
 
 WorkbenchDep = Annotated[Workbench, Depends(get_workbench)]
 
 
-def require_token(
+async def require_token(
     workbench: WorkbenchDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -1,22 +1,33 @@
-"""One error shape for every 4xx: FastAPI's own, `{"detail": [{"loc", "msg", "type"}]}`.
+"""One error shape for every 4xx and 5xx: FastAPI's own, `{"detail": [{"loc", "msg", "type"}]}`.
 
 Under /v1 the same errors take OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
-so OpenAI clients show the reason.
+so OpenAI clients show the reason. The bodies are declared in `service.openapi`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workbench.errors import InputError, StorageError
+from workbench.errors import Busy, InputError, StorageError
 from workbench.providers.router import AllProvidersFailed
 
 log = logging.getLogger("service")
+
+# An error echoes the offending input; a 4 MB prompt refused for its length need not come back whole.
+_ECHO_CHARS = 200
+
+_KIND = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 409: "conflict_error", 413: "request_too_large",
+         415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
 def _without_secrets(error: dict) -> dict:
@@ -27,27 +38,89 @@ def _without_secrets(error: dict) -> dict:
     return error
 
 
-def _answer(request: Request, status: int, errors: list[dict], **extra) -> JSONResponse:
-    if request.url.path.startswith("/v1/"):
+def printable(value):
+    """`value` made JSON that any client can read: a lone surrogate cannot be encoded as UTF-8 and
+    NaN is not JSON, and either made the error renderer itself fail (a 500 for a 422)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
+
+
+def _short(value):
+    """The echoed input, cut to a readable size."""
+    text = json.dumps(value)
+    if len(text) <= _ECHO_CHARS:
+        return value
+    return f"{text[:_ECHO_CHARS]}... ({len(text)} characters)"
+
+
+# pydantic names the member of a union it tried (`stop.list[constrained-str].0`): not a field.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|dict|list|none|constrained-.*|function-.*|.*\[.*\])$")
+
+
+def _field_loc(loc: list) -> list:
+    return [part for part in loc if not (isinstance(part, str) and _UNION_MEMBER.match(part))]
+
+
+def error_content(path: str, status: int, errors: list[dict], **extra) -> dict:
+    """The body of an error answer for a request to `path`."""
+    errors = printable(jsonable_encoder(errors))
+    for error in errors:
+        error["loc"] = _field_loc(error.get("loc", []))
+        if "input" in error:
+            error["input"] = _short(error["input"])
+    if path.startswith("/v1/"):
         first = errors[0]
         field = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
         message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in errors)
-        kind = "invalid_request_error" if status < 500 else "service_unavailable"
-        body = {"error": {"message": message, "type": kind, "param": field, "code": None}}
-    else:
-        body = {"detail": jsonable_encoder(errors)}
-    return JSONResponse(status_code=status, content=body | extra)
+        kind = _KIND.get(status, "service_unavailable" if status >= 500 else "invalid_request_error")
+        return {"error": {"message": message, "type": kind, "param": field, "code": None}}
+    return {"detail": errors} | printable(jsonable_encoder(extra))
+
+
+def error_response(path: str, status: int, errors: list[dict], headers: dict | None = None,
+                   **extra) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_content(path, status, errors, **extra),
+                        headers=headers)
+
+
+def _http_error_item(exc: StarletteHTTPException) -> dict:
+    if isinstance(exc.detail, list):
+        return exc.detail[0]
+    where = {400: ["body"], 401: ["header", "Authorization"], 404: ["path"], 405: ["method"]}
+    return {"loc": where.get(exc.status_code, []), "msg": str(exc.detail), "type": f"http_{exc.status_code}"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _answer(request, 422, [_without_secrets(e) for e in exc.errors()])
+        return error_response(request.url.path, 422, [_without_secrets(e) for e in exc.errors()])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(request.url.path, exc.status_code, [_http_error_item(exc)],
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         error = {"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_input"}
-        return _answer(request, exc.status, [error])
+        return error_response(request.url.path, exc.status, [error])
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy) -> JSONResponse:
+        error = {"loc": ["body", exc.field], "msg": str(exc), "type": "busy"}
+        return error_response(request.url.path, 429, [error],
+                              headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:
@@ -57,18 +130,21 @@ def install_error_handlers(app: FastAPI) -> None:
         error = {"loc": ["storage", name], "type": "storage_full" if exc.full else "storage_error",
                  "msg": f"could not write {name}: {exc.reason}; nothing was changed. "
                         "Free space (or fix permissions) in the workbench home folder and retry."}
-        return _answer(request, 507, [error])
+        return error_response(request.url.path, 507, [error])
 
     @app.exception_handler(AllProvidersFailed)
     async def _no_provider(request: Request, exc: AllProvidersFailed) -> JSONResponse:
         error = {"loc": ["body", "provider"], "msg": str(exc), "type": "no_provider"}
-        return _answer(request, 503, [error], attempts=exc.attempts)
+        return error_response(request.url.path, 503, [error], attempts=exc.attempts)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Log the cause for the operator; the client gets no internals (paths, keys, traces).
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            status_code=500,
-            content={"detail": f"internal error ({type(exc).__name__}); see the server log"},
-        )
+        return unexpected_response(request.url.path, exc)
+
+
+def unexpected_response(path: str, exc: Exception) -> JSONResponse:
+    error = {"loc": [], "msg": f"internal error ({type(exc).__name__}); see the server log",
+             "type": "internal"}
+    return error_response(path, 500, [error])

@@ -31,9 +31,23 @@ class BatchItem(GenerateResponse):
     prompt: str
 
 
+class Loading(BaseModel):
+    what: str = Field(description="What is loading, such as `default model tiny`.")
+    for_s: float = Field(description="Seconds since it began.")
+
+
+class LoadFailure(BaseModel):
+    what: str
+    error: str
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded"]
     problems: list[str]
+    ready: bool = Field(description="False while the default model is being built or loaded: "
+                        "requests would wait for it. Wait for true.")
+    loading: list[Loading] = Field(description="What is loading now.")
+    failed: list[LoadFailure] = Field(description="What could not be loaded (also under problems).")
     mlx_available: bool
     memory_usage: dict
     device: dict

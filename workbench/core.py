@@ -7,6 +7,7 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 from workbench import __version__
@@ -15,7 +16,9 @@ from workbench.models.resolver import ModelResolver
 from workbench.providers.local_mlx import GenerationResult, LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderRouter, ProviderStream
+from workbench.readiness import Readiness
 from workbench.settings import Settings
+from workbench.system import health as system_health
 from workbench.system import memory_usage
 from workbench.training.config import TrainingConfig
 from workbench.training.manager import JobManager
@@ -38,20 +41,41 @@ class Workbench:
         self.jobs = JobManager(self.settings, self.resolver, self.store, manage=manage_jobs,
                                provider_configured=self.router.configured)
         self.started_at = time.time()
+        self.readiness = Readiness()
         self._closed = False
 
     def warm_up(self) -> threading.Thread:
-        """Build and load the default model in the background, so the first request is quick."""
+        """Build and load the default model in the background, so the first request is quick;
+        `readiness` says when it is done."""
+        what = f"default model {self.settings.default_model}"
+        entered = threading.Event()
 
         def load() -> None:
             try:
-                self.local.model(None)
+                with self.readiness.loading(what):
+                    entered.set()
+                    self.local.model(None)
             except Exception:
                 log.exception("could not load the default model %r", self.settings.default_model)
+            finally:
+                entered.set()
 
         thread = threading.Thread(target=load, name="warm-up", daemon=True)
         thread.start()
+        entered.wait()  # from here on, /health reports the loading: never ready before it began
         return thread
+
+    def health(self) -> dict:
+        """The machine's health (`workbench.system.health`) and this workbench's readiness."""
+        report = system_health(self.settings.home_dir)
+        if problems := self.database_problems():
+            report["problems"] += problems
+            report["status"] = "degraded"
+        readiness = self.readiness.report()
+        for failure in readiness["failed"]:
+            report["problems"].append(f"{failure['what']} could not be loaded: {failure['error']}")
+            report["status"] = "degraded"
+        return report | readiness
 
     def _trained(self, name: str) -> dict | None:
         job = self.store.latest_completed(name)
@@ -140,6 +164,7 @@ class Workbench:
         self.store.close()
 
 
+@lru_cache
 def _version_of(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -25,3 +25,14 @@ class StorageError(OSError):
         self.path = path
         self.reason = reason
         self.full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class Busy(RuntimeError):
+    """Too much work already waits for what the request needs: try again later (HTTP 429).
+
+    Neither the caller's mistake nor a provider's failure: nothing is cooled down."""
+
+    def __init__(self, field: str, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.field = field
+        self.retry_after_s = retry_after_s

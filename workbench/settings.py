@@ -85,6 +85,18 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Folders besides <home>/datasets that dataset_path may point into (JSON list).",
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="Largest request body accepted; a larger one is refused with 413 as it arrives.",
+    )
+    generation_queue: int = Field(
+        default=64, ge=0,
+        description="Requests that may wait per loaded model beyond the batch it is generating; "
+        "more are refused with 429 and Retry-After.",
+    )
+    generation_batch: int = Field(
+        default=32, ge=1, description="Requests a loaded model generates for at once (one batch)."
+    )
     log_level: str = "INFO"
 
     @field_validator("allowed_hosts", "cors_origins", mode="before")

@@ -4,18 +4,20 @@ import json
 from dataclasses import asdict
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
 from service.deps import Authorized, WorkbenchDep
+from service.openapi import COMMON, error_responses
 from service.schemas import BatchItem, GenerateResponse
+from service.threads import in_generation_thread
 from workbench.providers.local_mlx import GenerationResult
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderStream
 from workbench.providers.secrets import redactor
 
-router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized])
+router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized],
+                   responses=error_responses(*COMMON, 401, 409, 429, 503))
 
 _STREAM_DOC = {
     200: {
@@ -37,15 +39,15 @@ def _response(result: GenerationResult) -> dict:
 async def generate(params: GenerateParams, workbench: WorkbenchDep):
     """Generate from a prompt or chat messages, whole or streamed."""
     if not params.stream:
-        return _response(await run_in_threadpool(workbench.generate, params))
-    stream = await run_in_threadpool(workbench.stream, params)
+        return _response(await in_generation_thread(workbench.generate, params))
+    stream = await in_generation_thread(workbench.stream, params)
     return StreamingResponse(_events(stream), media_type="text/event-stream")
 
 
 async def _events(stream: ProviderStream):
     pieces = iter(stream)
     try:
-        while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+        while (piece := await in_generation_thread(next, pieces, None)) is not None:
             yield format_sse_event(data_str=json.dumps({"text": piece}), event="token")
         body = _response(stream.result())
         yield format_sse_event(data_str=json.dumps(body), event="done")
@@ -59,4 +61,4 @@ async def _events(stream: ProviderStream):
 @router.post("/batch", response_model=list[BatchItem])
 async def generate_batch(params: BatchGenerateParams, workbench: WorkbenchDep) -> list[dict]:
     """Generate for several prompts at once (the local engine batches them together)."""
-    return [_response(r) for r in await run_in_threadpool(workbench.generate_batch, params)]
+    return [_response(r) for r in await in_generation_thread(workbench.generate_batch, params)]

@@ -13,29 +13,47 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.deps import Authorized, WorkbenchDep
+from service.openapi import COMMON, error_responses
+from service.threads import in_generation_thread
 from workbench.providers.catalog import LOCAL, PROVIDERS
 from workbench.providers.local_mlx import GenerationResult
-from workbench.providers.params import MAX_STOPS, ChatMessage, GenerateParams
+from workbench.providers.params import (
+    MAX_MESSAGES,
+    MAX_MODEL_NAME_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_STOPS,
+    ChatMessage,
+    GenerateParams,
+    StopList,
+    StopText,
+)
 from workbench.providers.secrets import redactor
 
-router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized])
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized],
+                   responses=error_responses(*COMMON, 401, openai=True))
+
+# What a generation can answer besides: JSON or an event stream, or a provider's refusal.
+_GENERATION_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events (`data:` chunks, "
+                         "then `data: [DONE]`).", "content": {"text/event-stream": {}}},
+                   **error_responses(409, 429, 503, openai=True)}
 
 
 class _OpenAIRequest(BaseModel):
     # OpenAI clients send fields the workbench has no use for (user, n=1, penalties...): ignore them.
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, description="A local model, a configured provider's name, or auto.")
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS,
+                       description="A local model, a configured provider's name, or auto.")
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: StopText | StopList | None = Field(default=None, description=f"Up to {MAX_STOPS} strings.")
     stream: bool = False
     stream_options: dict | None = None
     n: Literal[1] = 1
@@ -48,31 +66,59 @@ class _OpenAIRequest(BaseModel):
         else:
             route = {"provider": LOCAL, "model": None if self.model == LOCAL else self.model}
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        return GenerateParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens or 256, temperature=self.temperature,
-            top_p=self.top_p, stop=stop[:MAX_STOPS], min_tokens=0, **route, **prompt,
-        )
+        try:
+            return GenerateParams(
+                max_tokens=self.max_completion_tokens or self.max_tokens or 256,
+                temperature=self.temperature, top_p=self.top_p, stop=stop[:MAX_STOPS], min_tokens=0,
+                **route, **prompt,
+            )
+        except ValidationError as exc:
+            # Each field was checked in the request's own terms already; should a rule of the
+            # workbench's own still refuse it, that is the request's 4xx, not a 500.
+            raise RequestValidationError(
+                [e | {"loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
+
+
+class _ContentPart(BaseModel):
+    """One part of a message's content; only text parts are read (images have no use here)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(max_length=64)
+    text: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict]
+    content: str | list[_ContentPart] = Field(max_length=MAX_PROMPT_CHARS)
 
     def plain(self) -> ChatMessage:
         text = self.content if isinstance(self.content, str) else "".join(
-            part.get("text", "") for part in self.content if part.get("type") == "text"
+            part.text or "" for part in self.content if part.type == "text"
         )
-        return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
+        return ChatMessage.model_construct(role="system" if self.role == "developer" else self.role,
+                                           content=text)
 
 
 class ChatCompletionRequest(_OpenAIRequest):
-    messages: list[_Message] = Field(min_length=1)
+    messages: list[_Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+    @field_validator("messages")
+    @classmethod
+    def _bounded(cls, value: list[_Message]) -> list[_Message]:
+        total = sum(len(m.plain().content) for m in value)
+        if total > MAX_PROMPT_CHARS:
+            raise ValueError(f"messages hold {total} characters; at most {MAX_PROMPT_CHARS}")
+        return value
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(
+        max_length=MAX_PROMPT_CHARS, description="One non-empty prompt (a list must hold exactly one)."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -109,13 +155,13 @@ def list_models(workbench: WorkbenchDep) -> dict:
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": owner} for n, owner in entries]}
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=_GENERATION_DOC)
 async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep):
     """OpenAI chat completions, whole or streamed."""
     params = body.params(messages=[m.plain() for m in body.messages])
     if body.stream:
         return await _stream(workbench, params, body, chat=True)
-    result = await run_in_threadpool(workbench.generate, params)
+    result = await in_generation_thread(workbench.generate, params)
     return _envelope("chat.completion", result.model) | {
         "choices": [{"index": 0, "finish_reason": _finish(result.finish_reason),
                      "message": {"role": "assistant", "content": result.generated_text}}],
@@ -123,13 +169,13 @@ async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep)
     }
 
 
-@router.post("/completions")
+@router.post("/completions", responses=_GENERATION_DOC)
 async def completions(body: CompletionRequest, workbench: WorkbenchDep):
     """OpenAI (legacy) text completions: the prompt is continued as it is, whole or streamed."""
     params = body.params(prompt=body.prompt)
     if body.stream:
         return await _stream(workbench, params, body, chat=False)
-    result = await run_in_threadpool(workbench.generate, params)
+    result = await in_generation_thread(workbench.generate, params)
     return _envelope("text_completion", result.model) | {
         "choices": [{"index": 0, "text": result.generated_text, "logprobs": None,
                      "finish_reason": _finish(result.finish_reason)}],
@@ -142,7 +188,7 @@ def _data(obj: dict) -> str:
 
 
 async def _stream(workbench, params: GenerateParams, body: _OpenAIRequest, chat: bool) -> StreamingResponse:
-    stream = await run_in_threadpool(workbench.stream, params)
+    stream = await in_generation_thread(workbench.stream, params)
     head = _envelope("chat.completion.chunk" if chat else "text_completion", body.model)
 
     def chunk(finish: str | None = None, **delta) -> str:
@@ -157,7 +203,7 @@ async def _stream(workbench, params: GenerateParams, body: _OpenAIRequest, chat:
         try:
             if chat:
                 yield chunk(role="assistant")
-            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+            while (piece := await in_generation_thread(next, pieces, None)) is not None:
                 yield chunk(content=piece)
             result = stream.result()
             yield chunk(_finish(result.finish_reason))

@@ -3,12 +3,14 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from service.deps import Authorized, WorkbenchDep
+from service.openapi import COMMON, error_responses
 from service.schemas import ConfigureResponse, FallbackRequest, FallbackResponse, ProviderState
 from workbench.providers.params import ProviderName
 from workbench.providers.secrets import mask_key
 from workbench.providers.store import ProviderConfig
 
-router = APIRouter(prefix="/providers", tags=["providers"], dependencies=[Authorized])
+router = APIRouter(prefix="/providers", tags=["providers"], dependencies=[Authorized],
+                   responses=error_responses(*COMMON, 401, 507))
 
 
 @router.get("", response_model=dict[str, ProviderState])
@@ -25,7 +27,7 @@ def configure(config: ProviderConfig, workbench: WorkbenchDep) -> dict:
             "api_key": mask_key(entry["api_key"]), "timeout": entry["timeout"]}
 
 
-@router.delete("/{provider}", response_model=FallbackResponse)
+@router.delete("/{provider}", response_model=FallbackResponse, responses=error_responses(404))
 def remove(provider: ProviderName, workbench: WorkbenchDep) -> dict:
     """Forget a provider's configuration and key; answers the fallback order left."""
     if not workbench.router.remove(provider):

@@ -5,18 +5,26 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Path
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
 from service.deps import Authorized, WorkbenchDep
+from service.openapi import COMMON, error_responses
 from service.schemas import FuseResponse, JobAction, JobStatus, MetricsResponse, StartRequest, StartResponse
 from workbench.errors import InputError
+from workbench.training.config import EXPERIMENT_NAME
 from workbench.training.manager import describe
 from workbench.training.store import ACTIVE, TERMINAL
 
-router = APIRouter(prefix="/train", tags=["training"], dependencies=[Authorized])
+router = APIRouter(prefix="/train", tags=["training"], dependencies=[Authorized],
+                   responses=error_responses(*COMMON, 401, 404, 409, 507))
+
+# Anchored here whatever the library's own form (match or fullmatch): a schema's pattern, and
+# pydantic's, match anywhere in the value unless anchored.
+_NAME_PATTERN = "^(?:" + EXPERIMENT_NAME.pattern.removeprefix("^").removesuffix("$") + ")$"
+ExperimentName = Annotated[str, Path(pattern=_NAME_PATTERN, description="The experiment's name.")]
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
@@ -44,13 +52,13 @@ def jobs(workbench: WorkbenchDep) -> list[dict]:
 
 
 @router.get("/{experiment_name}/status", response_model=JobStatus)
-def status(experiment_name: str, workbench: WorkbenchDep) -> dict:
+def status(experiment_name: ExperimentName, workbench: WorkbenchDep) -> dict:
     """The latest job of an experiment: state, phase, step, loss, speed, memory, checkpoint, error."""
     return describe(workbench.jobs.job(experiment_name))
 
 
 @router.post("/{experiment_name}/stop", response_model=JobAction)
-def stop(experiment_name: str, workbench: WorkbenchDep) -> dict:
+def stop(experiment_name: ExperimentName, workbench: WorkbenchDep) -> dict:
     """Stop a queued or running job; a running one writes a checkpoint first (waits up to 30 s)."""
     job = workbench.jobs.stop(experiment_name)
     deadline = time.monotonic() + 30
@@ -62,7 +70,7 @@ def stop(experiment_name: str, workbench: WorkbenchDep) -> dict:
 
 
 @router.post("/{experiment_name}/resume", response_model=JobAction)
-def resume(experiment_name: str, workbench: WorkbenchDep) -> dict:
+def resume(experiment_name: ExperimentName, workbench: WorkbenchDep) -> dict:
     """Continue a stopped, failed or interrupted job from its last checkpoint."""
     job = workbench.jobs.resume(experiment_name)
     return {"experiment_name": experiment_name, "job_id": job["job_id"], "action": "resumed",
@@ -70,7 +78,7 @@ def resume(experiment_name: str, workbench: WorkbenchDep) -> dict:
 
 
 @router.get("/{experiment_name}/metrics", response_model=MetricsResponse)
-def metrics(experiment_name: str, workbench: WorkbenchDep) -> dict:
+def metrics(experiment_name: ExperimentName, workbench: WorkbenchDep) -> dict:
     """The step series of the experiment's latest job: loss, learning rate, tokens/s, memory, eval loss."""
     job = workbench.jobs.job(experiment_name)
     return {"experiment_name": experiment_name, "job_id": job["job_id"],
@@ -78,8 +86,8 @@ def metrics(experiment_name: str, workbench: WorkbenchDep) -> dict:
 
 
 @router.get("/{experiment_name}/events", response_class=StreamingResponse, responses=_EVENTS_DOC)
-async def events(experiment_name: str, workbench: WorkbenchDep,
-                 last_event_id: int = Header(default=0, alias="Last-Event-ID")):
+async def events(experiment_name: ExperimentName, workbench: WorkbenchDep,
+                 last_event_id: int = Header(default=0, ge=0, alias="Last-Event-ID")):
     """Progress as server-sent events (types: state, message, metrics), until the job ends."""
     job = workbench.jobs.job(experiment_name)
 
@@ -99,7 +107,7 @@ async def events(experiment_name: str, workbench: WorkbenchDep,
 
 
 @router.post("/{experiment_name}/fuse", response_model=FuseResponse)
-def fuse(experiment_name: str, workbench: WorkbenchDep) -> dict:
+def fuse(experiment_name: ExperimentName, workbench: WorkbenchDep) -> dict:
     """Write the base model with the trained adapter merged into it, as a model folder."""
     path = workbench.fuse(experiment_name)
     return {"experiment_name": experiment_name, "path": str(path)}

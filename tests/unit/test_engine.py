@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from workbench.providers.engine import GenerationRequest, LocalEngine
+from workbench.providers.engine import EngineFull, GenerationRequest, LocalEngine
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,24 @@ def test_a_process_that_used_the_engine_exits_cleanly(models_dir):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_full_batch_and_queue_refuse_more_and_free_their_places_as_requests_end(tiny):
+    model, tokenizer = tiny
+    bounded = LocalEngine(model, tokenizer, max_batch=1, max_waiting=1)
+    try:
+        long = GenerationRequest(tokenizer.encode("Once upon a time"), max_tokens=200, min_tokens=200)
+        running, waiting = bounded.submit(long), bounded.submit(long)
+        with pytest.raises(EngineFull):
+            bounded.submit(long)
+        with pytest.raises(EngineFull):  # a batch is taken whole or not at all
+            bounded.submit_all([long])
+        assert bounded.stats()["in_flight"] == 2
+
+        running.cancel()
+        waiting.cancel()
+        running.wait(), waiting.wait()
+        assert bounded.taken == 0
+        assert bounded.generate(ask(bounded, "Hi", max_tokens=2)).completion_tokens >= 1
+    finally:
+        bounded.close()

@@ -65,8 +65,13 @@ class ModelResolver:
             return ResolvedModel(name, trained["model_path"], "experiment", trained["adapter_path"],
                                  trained.get("quantization_bits"))
 
-        folder = Path(target).expanduser()
-        if folder.is_dir():
+        try:
+            folder = Path(target).expanduser()
+            is_folder = folder.is_dir()
+        except (OSError, ValueError, RuntimeError):
+            # Too long for a path, a NUL byte, or ~user of no such user: a name, not a folder.
+            is_folder = False
+        if is_folder:
             if not (folder / "config.json").exists():
                 raise ModelNotFound(name, f"folder {folder} has no config.json")
             return ResolvedModel(name, str(folder.resolve()), "folder")

@@ -52,15 +52,27 @@ class EngineClosed(RuntimeError):
     pass
 
 
+class EngineFull(RuntimeError):
+    """The batch and the queue behind it are full: the request was not taken."""
+
+
 class GenerationStream:
     """What a caller holds while its request runs: iterate for text pieces, then read `result`."""
 
-    def __init__(self, request: GenerationRequest):
+    def __init__(self, request: GenerationRequest, on_end=None):
         self.request = request
         self.result: Completion | None = None
         self._events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
         self._quiet = False  # set by wait(): no one reads the pieces, so the engine keeps them
+        self._on_end = on_end
+
+    def _end(self, final) -> None:
+        """Hand over the last event (a Completion or an error), once, and give back its place."""
+        if self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end()
+        self._events.put(final)
 
     def __iter__(self) -> Iterator[str]:
         while True:
@@ -136,17 +148,23 @@ class _Active:
     def finish(self, reason: str) -> None:
         self.done = True
         request = self.stream.request
-        self.stream._events.put(
+        self.stream._end(
             Completion("".join(self.parts), reason, len(request.prompt_tokens), self.tokens,
                        self.cached_tokens)
         )
 
 
 class LocalEngine:
-    def __init__(self, model, tokenizer, *, max_batch: int = 32, prompt_cache_size: int = 10):
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, prompt_cache_size: int = 10,
+                 max_waiting: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self._max_batch = max_batch
+        # Requests taken and not yet finished: the batch and those waiting for a place in it. A
+        # bound keeps a flood of requests from growing memory and every caller's wait without end.
+        self._capacity = None if max_waiting is None else max_batch + max_waiting
+        self._taken = 0
+        self._taken_lock = threading.Lock()
         self._inbox: queue.Queue[GenerationStream | None] = queue.Queue()
         self._closed = False
         self._eos_only = make_stop_sequences(tokenizer)
@@ -157,11 +175,31 @@ class LocalEngine:
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
+        return self.submit_all([request])[0]
+
+    def submit_all(self, requests: list[GenerationRequest]) -> list[GenerationStream]:
+        """Take all the requests or none (EngineFull): a batch is answered whole."""
         if self._closed:
             raise EngineClosed("the engine is closed")
-        stream = GenerationStream(request)
-        self._inbox.put(stream)
-        return stream
+        with self._taken_lock:
+            if self._capacity is not None and self._taken + len(requests) > self._capacity:
+                raise EngineFull(
+                    f"{self._taken} requests are generating or waiting (at most {self._capacity})"
+                )
+            self._taken += len(requests)
+        streams = [GenerationStream(r, on_end=self._give_back) for r in requests]
+        for stream in streams:
+            self._inbox.put(stream)
+        return streams
+
+    def _give_back(self) -> None:
+        with self._taken_lock:
+            self._taken -= 1
+
+    @property
+    def taken(self) -> int:
+        """Requests generating or waiting."""
+        return self._taken
 
     def generate(self, request: GenerationRequest) -> Completion:
         return self.submit(request).wait()
@@ -169,6 +207,7 @@ class LocalEngine:
     def stats(self) -> dict:
         """Requests served, and how many of their prompt tokens came from the prompt cache."""
         counts = dict(self._counts)
+        counts["in_flight"] = self._taken
         cache = self._prompt_cache
         counts["prompt_cache"] = {
             "max_entries": cache.max_size if cache else 0,
@@ -207,14 +246,21 @@ class LocalEngine:
             except Exception as exc:  # one broken batch must not end the engine
                 log.exception("generation failed; the requests in this batch get the error")
                 for entry in active.values():
-                    entry.stream._events.put(exc)
+                    entry.stream._end(exc)
                 active.clear()
                 generator.close()
                 generator = self._new_generator()
                 continue
             self._retire(generator, active, finished)
         for entry in active.values():
-            entry.stream._events.put(EngineClosed("the engine was closed"))
+            entry.stream._end(EngineClosed("the engine was closed"))
+        while True:  # requests still waiting get the same answer, not a wait without end
+            try:
+                waiting = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is not None:
+                waiting._end(EngineClosed("the engine was closed"))
         generator.close()
         # Free, while this thread and its stream still exist, the arrays the batch and the prompt
         # cache made on it, then the thread's streams: left to the interpreter's exit they abort the
@@ -248,7 +294,7 @@ class LocalEngine:
             try:
                 uid, cached = self._insert(generator, request, forbid_eos)
             except Exception as exc:
-                stream._events.put(exc)
+                stream._end(exc)
                 continue
             active[uid] = self._track(stream, forbid_eos, cached)
             self._counts["requests"] += 1

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import mlx_lm
 
-from workbench.errors import InputError
+from workbench.errors import Busy, InputError
 from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
-from workbench.providers.engine import GenerationRequest, GenerationStream, LocalEngine
+from workbench.providers.engine import EngineFull, GenerationRequest, GenerationStream, LocalEngine
 from workbench.providers.params import BatchGenerateParams, GenerateParams, SamplingParams
 from workbench.settings import Settings
 
@@ -108,7 +108,9 @@ class LocalMLX:
                 raise InputError("model", f"{name!r} could not be loaded: {exc}") from None
             if cached is not None:
                 cached.engine.close()
-            engine = LocalEngine(model, tokenizer, prompt_cache_size=self.settings.prompt_cache_size)
+            engine = LocalEngine(model, tokenizer, max_batch=self.settings.generation_batch,
+                                 max_waiting=self.settings.generation_queue,
+                                 prompt_cache_size=self.settings.prompt_cache_size)
             loaded = LoadedModel(resolved, engine, config.get("max_position_embeddings", 4096))
             self._loaded[name] = loaded
             while len(self._loaded) > self.settings.loaded_models:
@@ -133,12 +135,7 @@ class LocalMLX:
     def prepare(self, params: SamplingParams, *, prompt: str | None = None,
                 messages: list | None = None) -> PreparedRequest:
         loaded = self.model(params.model)
-        tokenizer = loaded.engine.tokenizer
-        if messages is not None:
-            chat = [m.model_dump() for m in messages]
-            tokens = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
-        else:
-            tokens = tokenizer.encode(prompt)
+        tokens = self._tokens(loaded, prompt, messages)
         if not tokens:
             raise InputError("prompt", "the prompt encodes to no tokens")
         room = loaded.context_length - len(tokens)
@@ -162,9 +159,36 @@ class LocalMLX:
         )
         return PreparedRequest(loaded, request, warnings)
 
+    @staticmethod
+    def _tokens(loaded: LoadedModel, prompt: str | None, messages: list | None) -> list[int]:
+        """The request's tokens. What the tokenizer or the chat template refuses is the request's
+        own error (a 4xx), never the model's failure: taken for one, it cooled local_mlx down and
+        every client got 503."""
+        tokenizer = loaded.engine.tokenizer
+        field = "messages" if messages is not None else "prompt"
+        try:
+            if messages is not None:
+                chat = [m.model_dump() for m in messages]
+                return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+            return list(tokenizer.encode(prompt))
+        except Exception as exc:
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if messages is not None:
+                why = f"the chat template of {loaded.resolved.name!r} refuses these messages: {why}"
+            else:
+                why = f"the tokenizer refuses this prompt: {why}"
+            raise InputError(field, why) from None
+
+    @staticmethod
+    def _submit(loaded: LoadedModel, requests: list[GenerationRequest]) -> list[GenerationStream]:
+        try:
+            return loaded.engine.submit_all(requests)
+        except EngineFull as exc:
+            raise Busy("model", f"{loaded.resolved.name} is busy: {exc}; try again shortly") from None
+
     def start(self, params: GenerateParams) -> tuple[PreparedRequest, GenerationStream]:
         prepared = self.prepare(params, prompt=params.prompt, messages=params.messages)
-        return prepared, prepared.loaded.engine.submit(prepared.request)
+        return prepared, self._submit(prepared.loaded, [prepared.request])[0]
 
     def generate(self, params: GenerateParams) -> GenerationResult:
         prepared, stream = self.start(params)
@@ -174,7 +198,7 @@ class LocalMLX:
     def generate_batch(self, params: BatchGenerateParams) -> list[GenerationResult]:
         """All prompts join the engine's batch at once and are answered together."""
         prepared = [self.prepare(params, prompt=p) for p in params.prompts]
-        streams = [p.loaded.engine.submit(p.request) for p in prepared]
+        streams = self._submit(prepared[0].loaded, [p.request for p in prepared])
         for stream in streams:
             stream.wait()
         return [p.result(s, prompt) for p, s, prompt in zip(prepared, streams, params.prompts)]

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Bounds checked by pydantic, before any tokenizing: a 10 MB prompt took 9 s to refuse once it was
+# tokenized, and four 10 MB stop strings stalled the shared engine for 11 s. They are declared in the
+# OpenAPI schema, so a client generated from it knows them.
 MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+MAX_PROMPT_CHARS = 400_000  # about 100k tokens, past any local model's context
+MAX_MESSAGES = 1_000
+MAX_MODEL_NAME_CHARS = 1_024
+
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopText], Field(max_length=MAX_STOPS)]
 
 ProviderName = Literal["openai", "anthropic", "together", "ollama", "local_mlx"]
 
@@ -15,7 +25,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
 class SamplingParams(BaseModel):
@@ -31,12 +41,14 @@ class SamplingParams(BaseModel):
     )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="0 is greedy (deterministic).")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    stop: list[str] = Field(
+    stop: StopText | StopList = Field(
         default_factory=list,
-        description=f"Up to {MAX_STOPS} strings; generation ends before the first one it produces.",
+        description=f"A string or up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters; "
+        "generation ends before the first one it produces.",
     )
     model: str | None = Field(
         default=None,
+        max_length=MAX_MODEL_NAME_CHARS,
         description="The local model (the default model if omitted). Remote providers answer with "
         "the model they were configured with.",
     )
@@ -50,14 +62,10 @@ class SamplingParams(BaseModel):
             raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
         return self
 
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop_is_a_list(cls, value):
-        return [value] if isinstance(value, str) else value
-
     @field_validator("stop")
     @classmethod
-    def _check_stops(cls, value: list[str]) -> list[str]:
+    def _check_stops(cls, value: str | list[str]) -> list[str]:
+        value = [value] if isinstance(value, str) else value
         if len(value) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(value)}")
         if any(not s for s in value):
@@ -68,9 +76,13 @@ class SamplingParams(BaseModel):
 class GenerateParams(SamplingParams):
     """One generation, from a prompt (plain completion) or chat messages (chat template applied)."""
 
-    prompt: str | None = Field(default=None, min_length=1, description="Text to continue.")
+    prompt: str | None = Field(
+        default=None, min_length=1, max_length=MAX_PROMPT_CHARS, description="Text to continue."
+    )
     messages: list[ChatMessage] | None = Field(
-        default=None, min_length=1, description="A chat; the model answers as the assistant."
+        default=None, min_length=1, max_length=MAX_MESSAGES,
+        description=f"A chat; the model answers as the assistant. At most {MAX_PROMPT_CHARS} "
+        "characters of content in all.",
     )
     stream: bool = Field(default=False, description="Answer with server-sent events as text arrives.")
 
@@ -78,11 +90,17 @@ class GenerateParams(SamplingParams):
     def _prompt_or_messages(self):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt or messages")
+        if self.messages is not None:
+            total = sum(len(m.content) for m in self.messages)
+            if total > MAX_PROMPT_CHARS:
+                raise ValueError(f"messages hold {total} characters; at most {MAX_PROMPT_CHARS}")
         return self
 
 
 class BatchGenerateParams(SamplingParams):
-    prompts: list[str] = Field(min_length=1, max_length=64, description="Prompts, answered together.")
+    prompts: list[Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] = Field(
+        min_length=1, max_length=64, description="Prompts, answered together."
+    )
 
     @field_validator("prompts")
     @classmethod

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from workbench.errors import InputError
+from workbench.errors import Busy, InputError
 from workbench.providers.catalog import LOCAL, PROVIDERS
 from workbench.providers.litellm_bridge import litellm
 from workbench.providers.local_mlx import GenerationResult, LocalMLX
@@ -27,6 +27,9 @@ from workbench.providers.store import ProviderConfig, ProviderStore
 from workbench.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A provider's answers that blame the request, not the provider (its input, its size).
+REQUEST_REFUSED = frozenset({400, 413, 422})
 
 
 class AllProvidersFailed(RuntimeError):
@@ -151,8 +154,8 @@ class ProviderRouter:
             started = time.perf_counter()
             try:
                 result = self._complete_with(name, params)
-            except InputError:
-                raise  # the caller's to fix, not a failure of the provider
+            except (InputError, Busy):
+                raise  # the caller's to fix, or to retry later: not a failure of the provider
             except Exception as exc:
                 attempts.append(self._failed(name, exc, started))
                 continue
@@ -187,8 +190,7 @@ class ProviderRouter:
             started = time.perf_counter()
             if name == LOCAL:
                 # In-process: stream from the engine itself, which also reports the folder and warnings.
-                self._succeeded(name, started, attempts)
-                return self._local_stream(params, [a.as_dict() for a in attempts])
+                return self._local_stream(params, attempts, started)
             call = self._call_for(name, params)
             try:
                 response = self._router.completion(model=name, messages=call.messages, stream=True,
@@ -202,10 +204,12 @@ class ProviderRouter:
             return self._remote_stream(name, call, params, first, chunks, [a.as_dict() for a in attempts])
         raise AllProvidersFailed([a.as_dict() for a in attempts])
 
-    def _local_stream(self, params: GenerateParams, attempts: list[dict]) -> ProviderStream:
-        prepared, stream = self.local.start(params)
+    def _local_stream(self, params: GenerateParams, attempts: list[Attempt], started: float):
+        prepared, stream = self.local.start(params)  # a refusal (4xx, 429) is raised, not a success
+        self._succeeded(LOCAL, started, attempts)
         return ProviderStream(
-            iter(stream), lambda: prepared.result(stream, params.prompt), stream.cancel, attempts
+            iter(stream), lambda: prepared.result(stream, params.prompt), stream.cancel,
+            [a.as_dict() for a in attempts],
         )
 
     def _remote_stream(self, name, call, params, first, chunks, attempts) -> ProviderStream:
@@ -257,6 +261,12 @@ class ProviderRouter:
                 "provider", f"{params.provider} is not configured: POST /providers/configure first"
             )
         chain = self.chain(params.provider)
+        if not any(self.configured(name) for name in chain):
+            # Nothing to try: a setting to change, not a provider that is down (503).
+            raise InputError(
+                "provider", f"no provider of the fallback order {chain} is configured: configure one, "
+                "or add local_mlx to the order (POST /providers/fallback)", status=409,
+            )
         if LOCAL in chain:
             self.local.model(params.model)  # an unknown local model is the caller's error, found now
         return chain
@@ -273,13 +283,16 @@ class ProviderRouter:
         return _Call(self.store.configs[name]["model"], messages, kwargs)
 
     def _failed(self, name: str, exc: Exception, started: float) -> Attempt:
-        # Every failure cools the provider down, in litellm's own cooldown store (which the router
-        # consults). litellm by itself skips a lone deployment, and never cools down a 403 or a
-        # refused connection reported as APIConnectionError.
+        # Every failure of the provider cools it down, in litellm's own cooldown store (which the
+        # router consults). litellm by itself skips a lone deployment, and never cools down a 403 or
+        # a refused connection reported as APIConnectionError. A remote provider's refusal of the
+        # request itself (400, 413, 422) is no fault of the provider: the next one is asked, and the
+        # provider stays in use for the next clients.
         status = getattr(exc, "status_code", None) or 500
-        self._router.health().cooldowns.add_deployment_to_cooldown(
-            name, exc, int(status), self.settings.provider_cooldown_s
-        )
+        if int(status) not in REQUEST_REFUSED:
+            self._router.health().cooldowns.add_deployment_to_cooldown(
+                name, exc, int(status), self.settings.provider_cooldown_s
+            )
         message = redactor(str(exc))[:300]
         attempt = Attempt(name, "failed", type(exc).__name__, message,
                           round((time.perf_counter() - started) * 1000, 1))

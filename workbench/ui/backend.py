@@ -136,9 +136,7 @@ class LocalBackend(Backend):
         return f"LocalBackend(home={str(self.workbench.settings.home_dir)!r})"
 
     def health(self) -> dict:
-        from workbench.system import health
-
-        return health(self.workbench.settings.home_dir)
+        return self.workbench.health()
 
     def status(self) -> dict:
         return self.workbench.status()
