@@ -14,17 +14,14 @@ from service.deps import Authorized, WorkbenchDep
 from service.openapi import COMMON, error_responses
 from service.schemas import FuseResponse, JobAction, JobStatus, MetricsResponse, StartRequest, StartResponse
 from workbench.errors import InputError
-from workbench.training.config import EXPERIMENT_NAME
+from workbench.training.config import EXPERIMENT_NAME_PATTERN
 from workbench.training.manager import describe
 from workbench.training.store import ACTIVE, TERMINAL
 
 router = APIRouter(prefix="/train", tags=["training"], dependencies=[Authorized],
                    responses=error_responses(*COMMON, 401, 404, 409, 507))
 
-# Anchored here whatever the library's own form (match or fullmatch): a schema's pattern, and
-# pydantic's, match anywhere in the value unless anchored.
-_NAME_PATTERN = "^(?:" + EXPERIMENT_NAME.pattern.removeprefix("^").removesuffix("$") + ")$"
-ExperimentName = Annotated[str, Path(pattern=_NAME_PATTERN, description="The experiment's name.")]
+ExperimentName = Annotated[str, Path(pattern=EXPERIMENT_NAME_PATTERN, description="The experiment's name.")]
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,

@@ -41,3 +41,6 @@ def test_the_limits_the_code_enforces_are_in_the_schema(api):
     assert name["schema"]["pattern"].startswith("^") and name["schema"]["pattern"].endswith("$")
     assert api.get("/train/bad%20name/status").status_code == 422
     assert components["HealthResponse"]["properties"]["ready"]["type"] == "boolean"
+    start = components["StartRequest"]["properties"]
+    assert start["experiment_name"]["pattern"] == name["schema"]["pattern"]  # body and path agree
+    assert start["seed"]["maximum"] >= 2**64 - 1 and start["weight_decay"]["maximum"] == 1.0

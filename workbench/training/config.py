@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Matched with fullmatch: `$` also matches before a trailing newline, which let "name\n" through.
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# The same, anchored, as a JSON schema states it (a schema's pattern matches anywhere otherwise).
+EXPERIMENT_NAME_PATTERN = f"^(?:{EXPERIMENT_NAME.pattern})$"
 LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 # Bounds that keep every number inside what the worker hands to MLX (a seed is a uint64, a memory
@@ -31,7 +33,12 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # What to train ------------------------------------------------------------------------------
-    experiment_name: str = Field(description="Unique name: letters, digits, . _ -; up to 64 characters.")
+    experiment_name: str = Field(
+        description="Unique name: letters, digits, . _ -; up to 64 characters.",
+        # Published for clients generated from the schema; the validator below enforces it with a
+        # message that says what is accepted.
+        json_schema_extra={"pattern": EXPERIMENT_NAME_PATTERN},
+    )
     model_name: str | None = Field(
         default=None, min_length=1, description="Base model: name, alias or folder (else the default)."
     )
