@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, settings=settings)  # added last: runs first, before CORS
     for module in (system, providers, generate, openai_compat, training):
         app.include_router(module.router)
-    keep_what_applies(app)
+    keep_what_applies(app, settings.requires_token())
     return app
 
 

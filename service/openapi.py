@@ -80,11 +80,11 @@ def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dic
 _BODY_ONLY = (400, 413, 415)
 
 
-def keep_what_applies(app) -> None:
+def keep_what_applies(app, token_required: bool) -> None:
     """Drop, from each operation's declared errors, those it cannot answer: one without a body
     cannot find it unreadable, too large or of another type (400, 413, 415), and one that takes no
     input at all has nothing to refuse (422). Routers declare errors wholesale; this trims them in
-    the published schema."""
+    the published schema. Without a token configured, the bearer token is published as optional."""
     generate = app.openapi
 
     def openapi() -> dict:
@@ -96,6 +96,8 @@ def keep_what_applies(app) -> None:
                     drop += (() if takes_body or operation.get("parameters") else (422,))
                     for status in drop:
                         operation["responses"].pop(str(status), None)
+                    if not token_required and operation.get("security"):
+                        operation["security"].append({})  # OpenAPI's "or no credentials at all"
         return app.openapi_schema
 
     app.openapi = openapi

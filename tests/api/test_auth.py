@@ -42,6 +42,11 @@ def test_the_right_token_opens_them(guarded):
     assert TOKEN not in guarded.log_text()
 
 
+def test_the_published_schema_says_the_token_is_required(guarded):
+    security = guarded.get("/openapi.json").json()["paths"]["/status"]["get"]["security"]
+    assert security and {} not in security
+
+
 def test_a_cross_origin_text_plain_post_acts_on_nothing(api):
     # What any web page can send to 127.0.0.1 without asking the browser's permission first.
     body = '{"provider": "ollama", "api_base": "http://127.0.0.1:1"}'

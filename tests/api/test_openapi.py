@@ -44,3 +44,5 @@ def test_the_limits_the_code_enforces_are_in_the_schema(api):
     start = components["StartRequest"]["properties"]
     assert start["experiment_name"]["pattern"] == name["schema"]["pattern"]  # body and path agree
     assert start["seed"]["maximum"] >= 2**64 - 1 and start["weight_decay"]["maximum"] == 1.0
+    # This service has no token: clients generated from the schema must not be made to send one.
+    assert {} in schema["paths"]["/status"]["get"]["security"]
