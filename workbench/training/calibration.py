@@ -51,18 +51,24 @@ class Calibration(BaseModel):
     cached: bool = False
 
 
-def cpu_identity() -> dict[str, str]:
-    """The processor as calibration keys it: model name, a digest of its instruction-set flags, MLX."""
+def cpu_info() -> tuple[str, set[str]]:
+    """The processor's model name and instruction-set flags (empty where /proc/cpuinfo is absent)."""
     info = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             name, _, value = line.partition(":")
             info.setdefault(name.strip(), value.strip())
     except OSError:
-        pass  # not Linux: the model name and MLX version still key it
+        pass  # not Linux: the model name and MLX version still key a calibration
     model = info.get("model name") or platform.processor() or platform.machine()
-    flags = " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
-    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "mlx": mx.__version__}
+    return model, set((info.get("flags") or info.get("Features") or "").split())
+
+
+def cpu_identity() -> dict[str, str]:
+    """The processor as calibration keys it: model name, a digest of its instruction-set flags, MLX."""
+    model, flags = cpu_info()
+    digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
+    return {"cpu": model, "flags": digest, "mlx": mx.__version__}
 
 
 def blas_core(home: Path, measure: bool = True) -> dict | None:
@@ -75,15 +81,7 @@ def blas_core(home: Path, measure: bool = True) -> dict | None:
     identity = cpu_identity()
     text = json.dumps({**identity, "library": info.path}, sort_keys=True)
     cache = home / "cache" / "calibration" / f"blas-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.partition(":")[2].split())
-                break
-    except OSError:
-        pass
-    return blas.calibrate_core(cache, flags, measure=measure)
+    return blas.calibrate_core(cache, cpu_info()[1], measure=measure)
 
 
 def job_shape(model: nn.Module, batch_size: int, max_seq_length: int) -> dict[str, int]:
