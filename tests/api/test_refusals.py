@@ -93,6 +93,15 @@ def test_bad_dataset_paths_are_a_4xx_naming_dataset_path_never_a_500_or_a_hang(a
     assert api.get("/train/bad_path/status").status_code == 404
 
 
+def test_a_dataset_name_no_file_could_have_is_a_4xx_naming_dataset(api):
+    # 180 characters but 300 bytes in UTF-8, over a file name's 255 (found by schemathesis), and a NUL.
+    for name in ["T\u0330\u033a" * 60, "alp\x00aca"]:
+        response = api.post("/train/start", json=body(experiment_name="bad_name", dataset=name))
+        assert response.status_code == 400, response.text
+        assert named_fields(response) == ["body", "dataset"], response.text
+    assert api.get("/train/bad_name/status").status_code == 404
+
+
 def test_a_stop_during_start_up_reports_stopped(api):
     assert api.post("/train/start", json=body(experiment_name="early_stop", max_steps=50)).status_code == 200
     stopped = api.post("/train/early_stop/stop").json()  # the worker is still importing MLX

@@ -192,7 +192,9 @@ def _load_sample(name: str, fmt: str) -> LoadedRows:
 
 def _load_named(name: str, fmt: str, settings: Settings) -> LoadedRows:
     home = allowed_roots(settings)[0]
-    if name.startswith(("/", ".", "~")) or (home / name).exists():
+    # os.path.exists, not Path.exists: a name the filesystem cannot hold (over 255 bytes, a NUL) is
+    # simply no file there, where Path.exists raises.
+    if name.startswith(("/", ".", "~")) or os.path.exists(home / name):
         return _load_path(resolve_path(name, settings, "dataset"), fmt, "dataset", settings)
     if not _HUB_ID.match(name) or ".." in name:
         raise InputError(
