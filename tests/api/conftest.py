@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import requests
 from service.launch import service_process
 
 ALIASES = {"mlx-community/Qwen3-1.7B-8bit": "tiny"}
+MODEL = "mlx-community/Qwen3-1.7B-8bit"  # mapped to the tiny local model by the test settings
+TERMINAL = {"completed", "failed", "stopped", "interrupted"}
 
 
 @dataclass
@@ -60,3 +63,26 @@ def run_service(home: Path, models_dir: str, **env_extra: str):
 def api(tmp_path_factory, models_dir):
     with run_service(tmp_path_factory.mktemp("service-home"), models_dir) as service:
         yield service
+
+
+# Training jobs over HTTP -------------------------------------------------------------------------
+
+def start(svc, **config):
+    """POST /train/start with a small LoRA job on the tiny model, `config` overriding; its answer."""
+    body = {"model_name": MODEL, "training_type": "lora", "dataset": "alpaca", "batch_size": 2} | config
+    response = svc.post("/train/start", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(svc, name, until=TERMINAL, timeout=180, step_at_least=None):
+    """The job's status once it is in `until` (and past `step_at_least`); fails if it ends otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = svc.get(f"/train/{name}/status").json()
+        if status["status"] in until and (step_at_least is None or status["current_step"] >= step_at_least):
+            return status
+        if status["status"] in TERMINAL - set(until):
+            raise AssertionError(f"{name} ended {status['status']}: {status['error']}")
+        assert time.monotonic() < deadline, f"{name} still {status['status']} at step {status['current_step']}"
+        time.sleep(0.3)

@@ -20,29 +20,8 @@ from pathlib import Path
 import mlx.core as mx
 import psutil
 
-from tests.api.conftest import run_service
+from tests.api.conftest import MODEL, run_service, start, wait_for
 from tests.unit.test_faults import RUN, SAMPLE
-
-MODEL = "mlx-community/Qwen3-1.7B-8bit"
-TERMINAL = {"completed", "failed", "stopped", "interrupted"}
-
-
-def wait_for(svc, name, until=TERMINAL, timeout=180, step_at_least=0):
-    deadline = time.monotonic() + timeout
-    while True:
-        status = svc.get(f"/train/{name}/status").json()
-        if status["status"] in until and status["current_step"] >= step_at_least:
-            return status
-        if status["status"] in TERMINAL - set(until):
-            raise AssertionError(f"{name} ended {status['status']}: {status['error']}")
-        assert time.monotonic() < deadline, f"{name} still {status['status']} at step {status['current_step']}"
-        time.sleep(0.2)
-
-
-def start(svc, **config):
-    response = svc.post("/train/start", json={"model_name": MODEL} | config)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def curve(svc, name) -> dict[int, tuple]:

@@ -16,8 +16,7 @@ import mlx.core as mx
 import pytest
 import requests
 
-MODEL = "mlx-community/Qwen3-1.7B-8bit"  # the tiny local model, through the test alias
-TERMINAL = {"completed", "failed", "stopped", "interrupted"}
+from tests.api.conftest import MODEL, wait_for
 
 
 def body(**fields) -> dict:
@@ -27,16 +26,6 @@ def body(**fields) -> dict:
 
 def named_fields(response: requests.Response) -> list:
     return [part for item in response.json()["detail"] for part in item["loc"]]
-
-
-def wait_done(api, name, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        status = api.get(f"/train/{name}/status").json()
-        if status["status"] in TERMINAL:
-            return status
-        assert time.monotonic() < deadline, status
-        time.sleep(0.3)
 
 
 @pytest.mark.parametrize("fields, field", [
@@ -57,7 +46,7 @@ def test_what_would_fail_in_the_worker_is_refused_at_submission(api, fields, fie
 def test_the_largest_seed_is_accepted(api):
     response = api.post("/train/start", json=body(experiment_name="largest_seed", seed=2**64 - 1, max_steps=1))
     assert response.status_code == 200, response.text
-    assert wait_done(api, "largest_seed")["status"] == "completed"
+    assert wait_for(api, "largest_seed", timeout=120)["status"] == "completed"
 
 
 def test_a_batch_larger_than_the_training_rows_is_refused_at_submission(api):
@@ -121,7 +110,7 @@ def test_a_loss_that_turns_nan_fails_the_run_and_nothing_is_served(api, models_d
     response = api.post("/train/start", json=body(experiment_name="diverged", model_name=str(broken),
                                                   max_steps=5))
     assert response.status_code == 200, response.text
-    done = wait_done(api, "diverged")
+    done = wait_for(api, "diverged", timeout=120)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "loss_not_finite"
     assert "nan at step 1" in done["error"]["message"] and "no adapter was published" in done["error"]["message"]
@@ -132,7 +121,7 @@ def test_a_loss_that_turns_nan_fails_the_run_and_nothing_is_served(api, models_d
 
 def test_fusing_after_the_adapter_folder_was_deleted_is_a_409_naming_it(api):
     assert api.post("/train/start", json=body(experiment_name="deleted_adapter", max_steps=1)).status_code == 200
-    done = wait_done(api, "deleted_adapter")
+    done = wait_for(api, "deleted_adapter", timeout=120)
     assert done["status"] == "completed", done["error"]
     shutil.rmtree(done["adapter_path"])
     response = api.post("/train/deleted_adapter/fuse")

@@ -10,10 +10,7 @@ import mlx.core as mx
 import mlx_lm
 import pytest
 
-from tests.api.conftest import run_service
-
-MODEL = "mlx-community/Qwen3-1.7B-8bit"  # mapped to the tiny local model by the test settings
-TERMINAL = {"completed", "failed", "stopped", "interrupted"}
+from tests.api.conftest import MODEL, run_service, start, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +19,6 @@ def svc(tmp_path_factory, models_dir):
         yield service
 
 
-def wait_for(svc, name, until=TERMINAL, timeout=180, step_at_least=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        status = svc.get(f"/train/{name}/status").json()
-        if status["status"] in until and (step_at_least is None or status["current_step"] >= step_at_least):
-            return status
-        if status["status"] in TERMINAL - set(until):
-            raise AssertionError(f"{name} ended {status['status']}: {status['error']}")
-        assert time.monotonic() < deadline, f"{name} still {status['status']} at step {status['current_step']}"
-        time.sleep(0.3)
-
-
-def start(svc, **config):
-    body = {"model_name": MODEL, "training_type": "lora", "dataset": "alpaca", "batch_size": 2} | config
-    response = svc.post("/train/start", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def losses(svc, name):
