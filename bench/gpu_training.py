@@ -101,7 +101,7 @@ def run_job(jobs, store, config, timeout: float) -> dict:
         raise SystemExit(f"job {config['experiment_name']} {job['status']}: {job['error']}\n"
                          + (log.read_text()[-3000:] if log.exists() else ""))
     metrics = [m for m in store.metrics(started["job_id"]) if m.get("tokens")]
-    first = store.events([started["job_id"]])
+    first = store.events(started["job_id"])
     step_one = next(e["time"] for e in first if e["type"] == "metrics")
     return {"job": job, "steps": metrics, "start_to_step_1": step_one - job["started_at"]}
 

@@ -1,4 +1,8 @@
-"""`Workbench`: the one object the service and the notebooks drive."""
+"""`Workbench`: the one object the service and the notebooks drive.
+
+Each operation the API and the panels offer is one method here, answering the models of
+`workbench.schemas`: a route is one call to it, and a panel calls it in process or, through
+`workbench.client.Client`, over HTTP (the same methods, the same answers)."""
 
 from __future__ import annotations
 
@@ -7,22 +11,43 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
 from workbench import __version__
 from workbench.errors import InputError
 from workbench.models.resolver import ModelResolver
-from workbench.providers.local_mlx import GenerationResult, LocalMLX
+from workbench.providers.local_mlx import LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderRouter, ProviderStream
+from workbench.providers.secrets import mask_key
+from workbench.providers.store import ProviderConfig
 from workbench.readiness import Readiness
+from workbench.schemas import (
+    BackupResponse,
+    BatchItem,
+    ConfigureResponse,
+    DatasetPreview,
+    FallbackResponse,
+    FuseResponse,
+    GenerateResponse,
+    HealthResponse,
+    JobAction,
+    JobEvents,
+    MetricsResponse,
+    PreviewRequest,
+    ProviderState,
+    StartResponse,
+    StatusResponse,
+)
 from workbench.settings import Settings
 from workbench.system import health as system_health
 from workbench.system import memory_usage
 from workbench.training.config import TrainingConfig
 from workbench.training.manager import JobManager
 from workbench.training.policy import use_kernel_cache
+from workbench.training.record import TERMINAL, JobEvent, JobStatus
 from workbench.training.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -65,7 +90,9 @@ class Workbench:
         entered.wait()  # from here on, /health reports the loading: never ready before it began
         return thread
 
-    def health(self) -> dict:
+    # System -------------------------------------------------------------------------------------
+
+    def health(self) -> HealthResponse:
         """The machine's health (`workbench.system.health`) and this workbench's readiness."""
         report = system_health(self.settings.home_dir)
         if problems := self.database_problems():
@@ -75,7 +102,7 @@ class Workbench:
         for failure in readiness["failed"]:
             report["problems"].append(f"{failure['what']} could not be loaded: {failure['error']}")
             report["status"] = "degraded"
-        return report | readiness
+        return HealthResponse(**report, **readiness)
 
     def _trained(self, name: str) -> dict | None:
         job = self.store.latest_completed(name)
@@ -85,8 +112,62 @@ class Workbench:
         return {"model_path": job["model_path"], "adapter_path": job["adapter_path"],
                 "quantization_bits": bits}
 
-    def fuse(self, experiment_name: str) -> Path:
-        """Merge an experiment's adapter into its base; answers the new model folder."""
+    # Training jobs ------------------------------------------------------------------------------
+
+    def start_training(self, config: TrainingConfig, request_id: str | None = None) -> StartResponse:
+        """Queue a training job (it starts at once when fewer than job_concurrency run). A retry with
+        the same request_id answers the job it started."""
+        job = self.jobs.start(config, request_id=request_id)
+        return StartResponse(experiment_name=job["experiment_name"], job_id=job["job_id"], status="started",
+                             state=job["status"], model_path=job["model_path"])
+
+    def stop_training(self, experiment_name: str, wait_s: float = 30.0) -> JobAction:
+        """Stop a queued or running job; a running one writes a checkpoint first (waited for up to
+        `wait_s`)."""
+        job = self.jobs.stop(experiment_name)
+        return _action(self._until_ended(job["job_id"], wait_s), "stopped")
+
+    def resume_training(self, experiment_name: str) -> JobAction:
+        """Continue a stopped, failed or interrupted job from its last checkpoint."""
+        return _action(self.jobs.resume(experiment_name), "resumed")
+
+    def job_status(self, experiment_name: str) -> JobStatus:
+        """The latest job of an experiment."""
+        return JobStatus.of(self.jobs.job(experiment_name))
+
+    def list_jobs(self) -> list[JobStatus]:
+        """Every job, newest first."""
+        return [JobStatus.of(job) for job in self.store.jobs()]
+
+    def metrics(self, experiment_name: str) -> MetricsResponse:
+        """The step series of the experiment's latest job."""
+        job = self.jobs.job(experiment_name)
+        return MetricsResponse(experiment_name=experiment_name, job_id=job["job_id"],
+                               steps=self.store.metrics(job["job_id"]))
+
+    def events(self, experiment_name: str, after: int = 0) -> JobEvents:
+        """The latest job's events after the one numbered `after`, and whether it has ended."""
+        job = self.jobs.job(experiment_name)
+        # The state first: events written after it are then read too, so none is missed at the end.
+        ended = job["status"] in TERMINAL
+        events = [JobEvent(**event) for event in self.store.events(job["job_id"], after)]
+        return JobEvents(job_id=job["job_id"], events=events, ended=ended)
+
+    def wait(self, experiment_name: str, timeout_s: float | None = None) -> JobStatus:
+        """The experiment's latest job once it has ended, or as it is after `timeout_s`."""
+        job = self.jobs.job(experiment_name)
+        return JobStatus.of(self._until_ended(job["job_id"], timeout_s))
+
+    def _until_ended(self, job_id: str, timeout_s: float | None) -> dict:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        job = self.store.get(job_id)
+        while job["status"] not in TERMINAL and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.2)
+            job = self.store.get(job_id)
+        return job
+
+    def fuse(self, experiment_name: str) -> FuseResponse:
+        """Merge an experiment's adapter into its base, as a new model folder."""
         from workbench.training.fuse import fuse_adapter
 
         job = self.store.latest_completed(experiment_name)
@@ -97,27 +178,80 @@ class Workbench:
         if not all((adapter / name).is_file() for name in ("adapters.safetensors", "adapter_config.json")):
             raise InputError("experiment_name", f"{experiment_name}'s adapter folder {adapter} is gone or "
                              "incomplete; train the experiment again to fuse it", status=409)
-        return fuse_adapter(self.resolver.resolve(experiment_name), Path(job["run_dir"]) / "fused")
+        path = fuse_adapter(self.resolver.resolve(experiment_name), Path(job["run_dir"]) / "fused")
+        return FuseResponse(experiment_name=experiment_name, path=str(path))
 
-    def providers(self) -> dict[str, dict]:
-        return self.router.listing()
+    def preview_dataset(self, request: PreviewRequest) -> DatasetPreview:
+        """The first rows of a training configuration's data as the model sees them, the data's summary,
+        and on request every row's token count."""
+        from workbench.data import DataSpec, preview, token_lengths, validate
 
-    def generate(self, params: GenerateParams) -> GenerationResult:
+        config = request.training_config()
+        spec = DataSpec.from_config(config)
+        summary = validate(spec, self.settings)
+        tokenizer = self.local.model(config.model_name).engine.tokenizer
+        rows = preview(spec, tokenizer, self.settings, request.rows)
+        lengths = token_lengths(spec, tokenizer, self.settings) if request.token_lengths else None
+        return DatasetPreview(summary=asdict(summary), rows=rows, token_lengths=lengths)
+
+    # Providers ----------------------------------------------------------------------------------
+
+    def providers(self) -> dict[str, ProviderState]:
+        """Every provider by name: configured, usable, model, api_base, masked key and health."""
+        return {name: ProviderState(**state) for name, state in self.router.listing().items()}
+
+    def configure_provider(self, config: ProviderConfig) -> ConfigureResponse:
+        """Configure a provider; kept across restarts (the key in a file only the owner can read)."""
+        entry = self.router.configure(config)
+        return ConfigureResponse(configured=config.provider, model=entry["model"], api_base=entry["api_base"],
+                                 api_key=mask_key(entry["api_key"]), timeout=entry["timeout"])
+
+    def remove_provider(self, provider: str) -> FallbackResponse:
+        """Forget a provider's configuration and key; answers the fallback order left."""
+        if not self.router.remove(provider):
+            raise InputError("provider", f"{provider} is not configured", status=404)
+        return FallbackResponse(order=self.router.chain())
+
+    def fallback(self) -> FallbackResponse:
+        """The order in which requests that name no provider try them."""
+        return FallbackResponse(order=self.router.chain())
+
+    def set_fallback(self, order: list[str] | None) -> FallbackResponse:
+        """Set that order (None: the default)."""
+        return FallbackResponse(order=self.router.set_fallback(order))
+
+    # Generation ---------------------------------------------------------------------------------
+
+    def generate(self, params: GenerateParams) -> GenerateResponse:
         """One answer, from the provider asked for or the first of the fallback chain that answers."""
-        return self.router.complete(params)
+        return GenerateResponse.of(self.router.complete(params))
 
     def stream(self, params: GenerateParams) -> ProviderStream:
+        """The same, as text pieces while they come; then `.result()`."""
         return self.router.stream(params)
 
-    def generate_batch(self, params: BatchGenerateParams) -> list[GenerationResult]:
+    def generate_batch(self, params: BatchGenerateParams) -> list[BatchItem]:
         """Every prompt at once: the local engine batches them, remote providers get them in parallel."""
         shared = params.model_dump(exclude={"prompts"})
         requests = [GenerateParams(prompt=prompt, **shared) for prompt in params.prompts]
         with ThreadPoolExecutor(max_workers=min(len(requests), 16)) as pool:
-            return list(pool.map(self.router.complete, requests))
+            results = list(pool.map(self.router.complete, requests))
+        return [BatchItem.of(r) for r in results]
 
-    def status(self) -> dict:
-        return {
+    def served_models(self) -> dict[str, str]:
+        """Names a generation request can ask for, each with who serves it: `workbench` for built-in
+        models and loaded folders, the provider's name for each configured remote provider."""
+        from workbench.providers.catalog import LOCAL, PROVIDERS
+
+        local = self.resolver.names() + [m["name"] for m in self.local.loaded_models()]
+        remote = [name for name in PROVIDERS if name != LOCAL and self.router.configured(name)]
+        return {name: "workbench" for name in local} | {name: name for name in remote}
+
+    # System, continued --------------------------------------------------------------------------
+
+    def status(self) -> StatusResponse:
+        """Server information, training jobs and memory use."""
+        return StatusResponse(**{
             "status": "running",
             "server_info": {
                 "version": __version__,
@@ -132,7 +266,7 @@ class Workbench:
             },
             "training_jobs": self.jobs.counts(),
             "memory_usage": memory_usage(),
-        }
+        })
 
     def database(self) -> dict:
         """The job database's file, and any damaged one moved aside (at this start or before)."""
@@ -147,12 +281,12 @@ class Workbench:
         return [f"a damaged job database was moved aside to {copy}: the history it held is not shown; "
                 "restore a backup, or delete it once dealt with" for copy in copies]
 
-    def backup(self, dest: Path | None = None) -> dict:
+    def backup(self, dest: Path | None = None) -> BackupResponse:
         """An online copy of the job database; by default under <home>/backups/."""
         if dest is None:
             dest = self.settings.home_dir / "backups"
             dest.mkdir(mode=0o700, exist_ok=True)
-        return self.store.backup(dest)
+        return BackupResponse(**self.store.backup(dest))
 
     def close(self) -> None:
         """Release workers, engines and the store; a second call does nothing."""
@@ -162,6 +296,11 @@ class Workbench:
         self.jobs.close()
         self.local.close()
         self.store.close()
+
+
+def _action(job: dict, action: str) -> JobAction:
+    return JobAction(experiment_name=job["experiment_name"], job_id=job["job_id"], action=action,
+                     state=job["status"], current_step=job["current_step"], checkpoint=job["checkpoint"])
 
 
 @lru_cache

@@ -8,10 +8,21 @@ import errno
 class InputError(ValueError):
     """Bad input, found before any work starts. The service answers it with a 4xx."""
 
-    def __init__(self, field: str, message: str, status: int = 400):
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str | None, message: str, status: int = 400,
+                 errors: list[tuple[str | None, str]] | None = None):
+        super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.message = message
+        self.status = status
+        # Every (field, message) found, when there were several (a form's checks over HTTP).
+        self.errors = errors or [(field, message)]
+
+
+class ServiceError(RuntimeError):
+    """The service could not be reached, or failed on its side (5xx): the request may be retried."""
+
+    def __init__(self, message: str, status: int = 503):
+        super().__init__(message)
         self.status = status
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -9,12 +8,11 @@ from fastapi.sse import format_sse_event
 
 from service.deps import Authorized, WorkbenchDep
 from service.openapi import COMMON, error_responses
-from service.schemas import BatchItem, GenerateResponse
 from service.threads import in_generation_thread
-from workbench.providers.local_mlx import GenerationResult
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderStream
 from workbench.providers.secrets import redactor
+from workbench.schemas import BatchItem, GenerateResponse
 
 router = APIRouter(prefix="/generate", tags=["generation"], dependencies=[Authorized],
                    responses=error_responses(*COMMON, 401, 409, 429, 503))
@@ -29,17 +27,11 @@ _STREAM_DOC = {
 }
 
 
-def _response(result: GenerationResult) -> dict:
-    body = asdict(result)
-    body["total_tokens"] = result.prompt_tokens + result.completion_tokens
-    return body
-
-
 @router.post("", response_model=GenerateResponse, responses=_STREAM_DOC)
 async def generate(params: GenerateParams, workbench: WorkbenchDep):
     """Generate from a prompt or chat messages, whole or streamed."""
     if not params.stream:
-        return _response(await in_generation_thread(workbench.generate, params))
+        return await in_generation_thread(workbench.generate, params)
     stream = await in_generation_thread(workbench.stream, params)
     return StreamingResponse(_events(stream), media_type="text/event-stream")
 
@@ -49,8 +41,8 @@ async def _events(stream: ProviderStream):
     try:
         while (piece := await in_generation_thread(next, pieces, None)) is not None:
             yield format_sse_event(data_str=json.dumps({"text": piece}), event="token")
-        body = _response(stream.result())
-        yield format_sse_event(data_str=json.dumps(body), event="done")
+        body = stream.result()
+        yield format_sse_event(data_str=json.dumps(body.model_dump(mode="json")), event="done")
     except Exception as exc:
         detail = redactor(f"{type(exc).__name__}: {exc}")
         yield format_sse_event(data_str=json.dumps({"detail": detail}), event="error")
@@ -59,6 +51,6 @@ async def _events(stream: ProviderStream):
 
 
 @router.post("/batch", response_model=list[BatchItem])
-async def generate_batch(params: BatchGenerateParams, workbench: WorkbenchDep) -> list[dict]:
+async def generate_batch(params: BatchGenerateParams, workbench: WorkbenchDep):
     """Generate for several prompts at once (the local engine batches them together)."""
-    return [_response(r) for r in await in_generation_thread(workbench.generate_batch, params)]
+    return await in_generation_thread(workbench.generate_batch, params)

@@ -21,7 +21,6 @@ from service.deps import Authorized, WorkbenchDep
 from service.openapi import COMMON, error_responses
 from service.threads import in_generation_thread
 from workbench.providers.catalog import LOCAL, PROVIDERS
-from workbench.providers.local_mlx import GenerationResult
 from workbench.providers.params import (
     MAX_MESSAGES,
     MAX_MODEL_NAME_CHARS,
@@ -133,7 +132,8 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(result: GenerationResult) -> dict:
+def _usage(result) -> dict:
+    """OpenAI's usage of a GenerateResponse or of a stream's result."""
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens}
 
@@ -147,10 +147,7 @@ def _envelope(kind: str, model: str) -> dict:
 @router.get("/models")
 def list_models(workbench: WorkbenchDep) -> dict:
     """Models this server answers for: local names, configured providers, and `auto`."""
-    local = workbench.resolver.names() + [m["name"] for m in workbench.local.loaded_models()]
-    remote = [name for name in PROVIDERS if name != LOCAL and workbench.router.configured(name)]
-    entries = [(n, "workbench") for n in dict.fromkeys(local)] + [(n, n) for n in remote]
-    entries.append(("auto", "workbench"))
+    entries = [*workbench.served_models().items(), ("auto", "workbench")]
     return {"object": "list",
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": owner} for n, owner in entries]}
 

@@ -79,7 +79,7 @@ def test_a_worker_killed_anywhere_resumes_on_exactly_the_uninterrupted_curve(job
     assert run_worker(jobs, job["job_id"]) == 0
     assert jobs.store.get(job["job_id"])["status"] == "completed"
 
-    resumed_from = [e["message"] for e in jobs.store.events([job["job_id"]]) if "resuming from" in e["message"]]
+    resumed_from = [e["message"] for e in jobs.store.events(job["job_id"]) if "resuming from" in e["message"]]
     assert resumed_from == [f"resuming from step {step}" for _, step in faults]
     resumed = curve(jobs.store, job["job_id"])
     assert sorted(resumed) == sorted(reference)

@@ -11,34 +11,29 @@ import ipywidgets as widgets
 import pytest
 
 from tests.api.conftest import run_service
+from workbench.client import Client
 from workbench.core import Workbench
-from workbench.training.store import TERMINAL
+from workbench.errors import ServiceError
+from workbench.training.record import TERMINAL
 from workbench.ui import (
     Dashboard,
     DatasetPanel,
-    HttpBackend,
     JobsPanel,
-    LocalBackend,
     PlaygroundPanel,
     ProvidersPanel,
     TrainingPanel,
     connect,
 )
-from workbench.ui import backend as backend_module
+from workbench.ui import connection as connect_module
 
 PLANTED_KEY = "sk-planted-Zq8Xw4Rt1Yu6Io0P"
 
 
 @pytest.fixture
-def bench(settings):
-    workbench = Workbench(settings)
-    yield workbench
-    workbench.close()
-
-
-@pytest.fixture
-def backend(bench):
-    return LocalBackend(bench)
+def workbench(settings):
+    made = Workbench(settings)
+    yield made
+    made.close()
 
 
 def tree(widget: widgets.Widget):
@@ -57,33 +52,32 @@ def is_png(image: widgets.Image) -> bool:
     return bytes(image.value[:4]) == b"\x89PNG"
 
 
-# Backends -------------------------------------------------------------------------------------------
+# Connecting -----------------------------------------------------------------------------------------
 
 
-def test_connect_picks_the_backend(bench, settings, monkeypatch):
-    local = connect(bench)
-    assert isinstance(local, LocalBackend) and local.workbench is bench
-    assert connect(local) is local
+def test_connect_picks_the_workbench(workbench, settings, monkeypatch):
+    assert connect(workbench) is workbench
     remote = connect("http://127.0.0.1:1/", token="t0ken")
-    assert isinstance(remote, HttpBackend) and remote.url == "http://127.0.0.1:1" and "t0ken" not in repr(remote)
-    with pytest.raises(backend_module.BackendError, match="cannot reach"):
+    assert isinstance(remote, Client) and remote.url == "http://127.0.0.1:1" and "t0ken" not in repr(remote)
+    assert connect(remote) is remote
+    with pytest.raises(ServiceError, match="cannot reach"):
         remote.providers()
     remote.close()
 
     # No argument: one Workbench per process, made on first use (here over the test's home).
-    monkeypatch.setattr(backend_module, "_default", None)
-    monkeypatch.setattr(backend_module.atexit, "register", lambda fn: fn)
+    monkeypatch.setattr(connect_module, "_default", None)
+    monkeypatch.setattr(connect_module.atexit, "register", lambda fn: fn)
     monkeypatch.setenv("WORKBENCH_HOME", str(settings.home_dir / "default"))
     monkeypatch.setenv("WORKBENCH_MODELS_PATH", str(settings.models_dir))
     default = connect()
     try:
-        assert connect() is default and default.workbench.settings.home_dir.name == "default"
+        assert connect() is default and default.settings.home_dir.name == "default"
     finally:
-        default.workbench.close()
+        default.close()
 
 
-def test_every_panel_builds_and_displays(backend, capsys):
-    dashboard = Dashboard(backend)
+def test_every_panel_builds_and_displays(workbench, capsys):
+    dashboard = Dashboard(workbench)
     try:
         assert set(dashboard.panels) == {"Providers", "Playground", "Datasets", "Training", "Jobs"}
         assert isinstance(dashboard.tabs, widgets.Tab) and len(dashboard.tabs.children) == 5
@@ -99,8 +93,8 @@ def test_every_panel_builds_and_displays(backend, capsys):
 # Playground -----------------------------------------------------------------------------------------
 
 
-def test_playground_streams_a_prompt_and_holds_a_chat(backend):
-    panel = PlaygroundPanel(backend)
+def test_playground_streams_a_prompt_and_holds_a_chat(workbench):
+    panel = PlaygroundPanel(workbench)
     panel.prompt.value = "Once upon a time"
     panel.max_tokens.value = 12
     panel.temperature.value = 0.0
@@ -112,8 +106,8 @@ def test_playground_streams_a_prompt_and_holds_a_chat(backend):
 
     panel.stream.value = False  # the same answer, whole (greedy)
     result = panel.run()
-    assert result["provider_used"] == "local_mlx"
-    assert html.escape(result["generated_text"]) in panel.output.value == streamed
+    assert result.provider_used == "local_mlx"
+    assert html.escape(result.generated_text) in panel.output.value == streamed
 
     panel.mode.value = "chat"
     assert panel.system.layout.display == "" and panel.transcript.layout.display == ""
@@ -134,35 +128,35 @@ def test_playground_streams_a_prompt_and_holds_a_chat(backend):
 # Providers ------------------------------------------------------------------------------------------
 
 
-def test_providers_panel_configures_and_orders_providers(backend):
-    panel = ProvidersPanel(backend)
+def test_providers_panel_configures_and_orders_providers(workbench):
+    panel = ProvidersPanel(workbench)
     assert "local_mlx" in panel.table.value and panel.order.value == ["local_mlx"]
     panel.provider.value = "ollama"
     panel.api_base.value = "http://127.0.0.1:9"
     panel.configure_button.click()
     assert "ollama configured" in panel.message.value
-    assert panel.listing["ollama"]["configured"] and "http://127.0.0.1:9" in panel.table.value
+    assert panel.listing["ollama"].configured and "http://127.0.0.1:9" in panel.table.value
 
     panel.order.value = ["local_mlx", "ollama"]
     panel.fallback_button.click()
-    assert backend.fallback() == ["local_mlx", "ollama"] and "local_mlx → ollama" in panel.chain.value
+    assert workbench.fallback().order == ["local_mlx", "ollama"] and "local_mlx → ollama" in panel.chain.value
     panel.default_button.click()
-    assert backend.fallback() == ["ollama", "local_mlx"]
+    assert workbench.fallback().order == ["ollama", "local_mlx"]
 
     panel.api_base.value = "ftp://nowhere"
     panel.configure_button.click()
     assert "api_base" in panel.message.value and "http://" in panel.message.value
 
 
-def test_a_typed_key_is_never_shown(backend):
-    panel = ProvidersPanel(backend)
+def test_a_typed_key_is_never_shown(workbench):
+    panel = ProvidersPanel(workbench)
     assert isinstance(panel.api_key, widgets.Password)
     panel.provider.value = "openai"
     panel.api_key.value = PLANTED_KEY
     panel.configure_button.click()
     assert "openai configured" in panel.message.value
     assert panel.api_key.value == ""
-    assert panel.listing["openai"]["api_key"] == "..." + PLANTED_KEY[-3:]  # masked, as the backend gives it
+    assert panel.listing["openai"].api_key == "..." + PLANTED_KEY[-3:]  # masked, as the workbench gives it
     assert PLANTED_KEY not in shown_state(panel)
 
     # Refused (a bad api_base): the key is cleared all the same, and the error does not echo it.
@@ -172,14 +166,14 @@ def test_a_typed_key_is_never_shown(backend):
     panel.configure_button.click()
     assert "api_base" in panel.message.value and panel.api_key.value == ""
     assert PLANTED_KEY not in shown_state(panel)
-    assert PLANTED_KEY not in shown_state(PlaygroundPanel(backend))
+    assert PLANTED_KEY not in shown_state(PlaygroundPanel(workbench))
 
 
 # Datasets -------------------------------------------------------------------------------------------
 
 
-def test_dataset_panel_previews_rows_as_the_model_sees_them(backend, settings):
-    panel = DatasetPanel(backend)
+def test_dataset_panel_previews_rows_as_the_model_sees_them(workbench, settings):
+    panel = DatasetPanel(workbench)
     panel.rows.value = 2
     panel.preview_button.click()
     assert panel.message.value == ""
@@ -210,8 +204,8 @@ def test_dataset_panel_previews_rows_as_the_model_sees_them(backend, settings):
 # Training and jobs ----------------------------------------------------------------------------------
 
 
-def test_training_form_shows_errors_beside_fields_and_starts_nothing(backend):
-    panel = TrainingPanel(backend, batch_size=0)
+def test_training_form_shows_errors_beside_fields_and_starts_nothing(workbench):
+    panel = TrainingPanel(workbench, batch_size=0)
     assert panel.fields["training_type"].widget.options == (("sft", "sft"), ("lora", "lora"), ("qlora", "qlora"))
     assert panel.fields["max_steps"].widget.tooltip.startswith("Stop after this many steps")  # the description
     assert panel.fields["lr_schedule"].get() == "cosine" and panel.fields["max_steps"].get() is None
@@ -223,7 +217,7 @@ def test_training_form_shows_errors_beside_fields_and_starts_nothing(backend):
     assert batch.error in batch.row.children  # next to its field
     assert panel.fields["seed"].error.layout.display == "none"
     assert panel.form.widget.selected_index == 0  # the section of the first faulty field, open
-    assert "Not started" in panel.message.value and backend.jobs() == []
+    assert "Not started" in panel.message.value and workbench.list_jobs() == []
 
     # The model's own checks, and the workbench's (a missing file), land beside their fields too.
     panel.set_values(experiment_name="bad", batch_size=2, quantization="int8")
@@ -232,14 +226,14 @@ def test_training_form_shows_errors_beside_fields_and_starts_nothing(backend):
     assert panel.form.errors() == {}
     panel.set_values(quantization=None, dataset_path="missing.jsonl")
     panel.start_button.click()
-    assert "no such file" in panel.form.errors()["dataset_path"] and backend.jobs() == []
+    assert "no such file" in panel.form.errors()["dataset_path"] and workbench.list_jobs() == []
     assert panel.form.widget.selected_index == 1  # the Data section
     with pytest.raises(ValueError, match="not fields of TrainingConfig: max_step"):
-        TrainingPanel(backend, max_step=3)
+        TrainingPanel(workbench, max_step=3)
 
 
-def test_a_list_field_takes_comma_separated_items(backend):
-    panel = TrainingPanel(backend, experiment_name="targets", training_type="lora", dataset="alpaca")
+def test_a_list_field_takes_comma_separated_items(workbench):
+    panel = TrainingPanel(workbench, experiment_name="targets", training_type="lora", dataset="alpaca")
     targets = panel.fields["lora_targets"]
     assert targets.get() is None  # empty: every layer, the default
     targets.widget.value = " q_proj, self_attn.v_proj ,"
@@ -250,13 +244,13 @@ def test_a_list_field_takes_comma_separated_items(backend):
     assert panel.form.validate() is None and "q proj" in panel.form.errors()["lora_targets"]
 
 
-def test_training_run_started_by_a_click_completes_and_is_listed(backend):
-    panel = TrainingPanel(backend, experiment_name="ui-lora", training_type="lora", dataset="alpaca",
+def test_training_run_started_by_a_click_completes_and_is_listed(workbench):
+    panel = TrainingPanel(workbench, experiment_name="ui-lora", training_type="lora", dataset="alpaca",
                           max_steps=3, batch_size=2)
     panel.start_button.click()
     assert "ui-lora" in panel.message.value and "⚠" not in panel.message.value
     status = panel.wait(timeout=120, interval=0.3)
-    assert status["status"] == "completed", status["error"]
+    assert status.status == "completed", status.error
     assert panel.train_points == 3 and len(panel.plot.axes.lines[0].get_xdata()) == 3
     assert panel.valid_points >= 1  # the validation loss at the last step
     assert "ui-lora" in panel.plot.axes.get_title() and panel.plot.axes.get_xlabel() == "step"
@@ -264,7 +258,7 @@ def test_training_run_started_by_a_click_completes_and_is_listed(backend):
     assert (panel.progress.value, panel.progress.max, panel.progress.bar_style) == (3, 3, "success")
     assert "tokens/s" in panel.stats.value and "peak memory" in panel.stats.value and " MB" in panel.stats.value
 
-    jobs = JobsPanel(backend, refresh_s=None)
+    jobs = JobsPanel(workbench, refresh_s=None)
     try:
         assert "ui-lora" in jobs.table.value and "completed" in jobs.table.value
         jobs.select.value = ("ui-lora",)
@@ -276,24 +270,24 @@ def test_training_run_started_by_a_click_completes_and_is_listed(backend):
         panel.close()
 
 
-def test_stop_and_resume_a_longer_job_with_live_updates(backend):
-    panel = TrainingPanel(backend, poll_s=0.3, experiment_name="ui-long", max_steps=40, batch_size=2,
+def test_stop_and_resume_a_longer_job_with_live_updates(workbench):
+    panel = TrainingPanel(workbench, poll_s=0.3, experiment_name="ui-long", max_steps=40, batch_size=2,
                           save_every=1000, eval_steps=1000)
     panel.start_button.click()
-    panel.wait(timeout=120, interval=0.2, until=lambda s: s["current_step"] >= 2 or s["status"] in TERMINAL)
+    panel.wait(timeout=120, interval=0.2, until=lambda s: s.current_step >= 2 or s.status in TERMINAL)
     panel.stop_button.click()
     assert "ui-long stopped" in panel.message.value, panel.message.value
-    stopped_at = panel.last_status["current_step"]
-    assert panel.last_status["status"] == "stopped" and 2 <= stopped_at < 40
+    stopped_at = panel.last_status.current_step
+    assert panel.last_status.status == "stopped" and 2 <= stopped_at < 40
     assert panel.progress.bar_style == "warning"
 
     panel.resume_button.click()
     assert "resumed" in panel.message.value
     deadline = time.monotonic() + 120  # no wait(): the panel's own poller follows the job
-    while panel.last_status["status"] != "completed" and time.monotonic() < deadline:
-        assert panel.last_status["status"] in ("queued", "running"), panel.last_status["error"]
+    while panel.last_status.status != "completed" and time.monotonic() < deadline:
+        assert panel.last_status.status in ("queued", "running"), panel.last_status.error
         time.sleep(0.2)
-    assert panel.last_status["current_step"] == 40 and panel.progress.value == 40
+    assert panel.last_status.current_step == 40 and panel.progress.value == 40
     panel.close()
 
 
@@ -302,23 +296,25 @@ def test_stop_and_resume_a_longer_job_with_live_updates(backend):
 
 def test_panels_over_a_running_service(tmp_path, models_dir):
     with run_service(tmp_path / "service-home", models_dir) as service:
-        backend = connect(service.url)
+        client = connect(service.url)
         try:
-            panel = PlaygroundPanel(backend)
+            panel = PlaygroundPanel(client)
             panel.prompt.value = "Hello"
             panel.max_tokens.value = 12
             panel.generate_button.click()  # streamed: server-sent events
             assert panel.message.value == "" and "local_mlx" in panel.details.value
             panel.stream.value = False
             result = panel.run()
-            assert result["generated_text"] and html.escape(result["generated_text"]) in panel.output.value
+            assert result.generated_text and html.escape(result.generated_text) in panel.output.value
 
-            assert "local_mlx" in ProvidersPanel(backend).table.value
-            training = TrainingPanel(backend, experiment_name="http-bad", dataset_path="missing.jsonl")
+            assert "local_mlx" in ProvidersPanel(client).table.value
+            training = TrainingPanel(client, experiment_name="http-bad", dataset_path="missing.jsonl")
             training.start_button.click()
             assert "no such file" in training.form.errors()["dataset_path"]
-            datasets = DatasetPanel(backend)
+            datasets = DatasetPanel(client)  # the preview is an endpoint too: the same rows, remotely
+            datasets.rows.value = 2
             datasets.preview_button.click()
-            assert "not available over HTTP" in datasets.message.value
+            assert datasets.message.value == "" and "300 rows" in datasets.summary.value
+            assert "&lt;|im_start|&gt;" in datasets.samples.value and len(datasets.lengths) == 300
         finally:
-            backend.close()
+            client.close()

@@ -24,6 +24,7 @@ from workbench.providers.local_mlx import GenerationResult, LocalMLX
 from workbench.providers.params import GenerateParams
 from workbench.providers.secrets import mask_key, redactor
 from workbench.providers.store import ProviderConfig, ProviderStore
+from workbench.schemas import GenerateResponse
 from workbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,10 @@ class ProviderStream:
     def __iter__(self):
         return iter(self._pieces)
 
-    def result(self) -> GenerationResult:
+    def result(self) -> GenerateResponse:
         result = self._finish()
         result.attempts = self.attempts
-        return result
+        return GenerateResponse.of(result)
 
 
 class ProviderRouter:

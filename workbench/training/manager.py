@@ -27,30 +27,10 @@ from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.settings import Settings
 from workbench.training import space
 from workbench.training.config import TrainingConfig
-from workbench.training.store import ACTIVE, RESUMABLE, JobStore
+from workbench.training.record import ACTIVE, RESUMABLE
+from workbench.training.store import JobStore
 
 log = logging.getLogger(__name__)
-
-_SHOWN = (
-    "experiment_name", "job_id", "status", "phase", "current_step", "total_steps", "loss", "eval_loss",
-    "judge_score", "tokens_per_s", "useful_tokens_per_s", "raw_tokens_per_s", "peak_memory_mb", "checkpoint",
-    "adapter_path", "model_path", "backend", "policy", "error", "created_at", "started_at", "finished_at",
-    "pid",
-)
-
-
-def describe(job: dict) -> dict:
-    """A job as the API shows it."""
-    config = job["config"]
-    total = job["total_steps"]
-    return {
-        **{k: job[k] for k in _SHOWN},
-        "progress": round(job["current_step"] / total, 4) if total else 0.0,
-        "model_name": config.get("model_name"),
-        "training_type": config["training_type"],
-        "config": config,
-    }
-
 
 class JobManager:
     def __init__(self, settings: Settings, resolver: ModelResolver, store: JobStore, manage: bool = True,

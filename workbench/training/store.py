@@ -12,82 +12,28 @@ from pathlib import Path
 
 from workbench.files import make_private
 from workbench.training import dbfile
+from workbench.training.record import (
+    TERMINAL,
+    JobEvent,
+    JobRecord,
+    StepMetrics,
+    column,
+    json_fields,
+    table,
+)
 
-ACTIVE = ("queued", "running")
-RESUMABLE = ("stopped", "failed", "interrupted")
-TERMINAL = ("completed", "failed", "stopped", "interrupted")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    experiment_name TEXT NOT NULL,
-    config TEXT NOT NULL,
-    status TEXT NOT NULL,
-    phase TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    updated_at REAL,
-    current_step INTEGER NOT NULL DEFAULT 0,
-    total_steps INTEGER,
-    loss REAL,
-    eval_loss REAL,
-    judge_score REAL,
-    tokens_per_s REAL,
-    useful_tokens_per_s REAL,
-    raw_tokens_per_s REAL,
-    peak_memory_mb REAL,
-    policy TEXT,
-    checkpoint TEXT,
-    adapter_path TEXT,
-    model_path TEXT,
-    run_dir TEXT NOT NULL,
-    backend TEXT,
-    error TEXT,
-    pid INTEGER,
-    resume INTEGER NOT NULL DEFAULT 0,
-    request_id TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (experiment_name, created_at);
-CREATE TABLE IF NOT EXISTS metrics (
-    job_id TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    time REAL NOT NULL,
-    loss REAL,
-    learning_rate REAL,
-    tokens INTEGER,
-    tokens_per_s REAL,
-    useful_tokens_per_s REAL,
-    raw_tokens_per_s REAL,
-    peak_memory_mb REAL,
-    eval_loss REAL,
-    judge_score REAL,
-    PRIMARY KEY (job_id, step)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    time REAL NOT NULL,
-    level TEXT NOT NULL,
-    type TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
-"""
-
-_JOB_FIELDS = {
-    "status", "phase", "started_at", "finished_at", "current_step", "total_steps", "loss", "eval_loss",
-    "judge_score", "tokens_per_s", "useful_tokens_per_s", "raw_tokens_per_s", "peak_memory_mb", "policy",
-    "checkpoint", "adapter_path", "model_path", "backend", "error", "pid", "resume",
-}
-
-# Columns added after the first release: a store written by an older workbench gets them on open.
-_ADDED = {
-    "jobs": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL", "policy TEXT", "request_id TEXT"),
-    "metrics": ("useful_tokens_per_s REAL", "raw_tokens_per_s REAL"),
-}
-_JSON_FIELDS = ("error", "policy")
+# The tables follow the job record's declaration (workbench/training/record.py).
+_SCHEMA = "\n".join([
+    table("jobs", JobRecord, tail=("PRIMARY KEY (job_id)",)),
+    "CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (experiment_name, created_at);",
+    table("metrics", StepMetrics, head=("job_id TEXT NOT NULL",), tail=("PRIMARY KEY (job_id, step)",)),
+    table("events", JobEvent, head=("id INTEGER PRIMARY KEY AUTOINCREMENT",), skip=("id",)),
+    "CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);",
+])
+_KEYS = {"jobs": JobRecord, "metrics": StepMetrics}
+_JOB_FIELDS = set(JobRecord.model_fields) - {"job_id", "experiment_name", "config", "created_at",
+                                              "updated_at", "run_dir", "request_id"}
+_JSON_FIELDS = json_fields(JobRecord)
 
 
 class JobStore:
@@ -118,11 +64,12 @@ class JobStore:
             self._db.execute(f"PRAGMA user_version={dbfile.MARKER}")  # a store from before the marker
 
     def _migrate(self) -> None:
-        for table, columns in _ADDED.items():
-            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in present:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        # A store written by an older workbench gets the fields declared since.
+        for name, model in _KEYS.items():
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({name})")}
+            for field in model.model_fields:
+                if field not in present:
+                    self._db.execute(f"ALTER TABLE {name} ADD COLUMN {column(model, field)}")
         # One job per client request id: a retried start finds the job instead of making another.
         self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (request_id)"
                          " WHERE request_id IS NOT NULL")
@@ -197,6 +144,9 @@ class JobStore:
     # Metrics and events -------------------------------------------------------------------------
 
     def metric(self, job_id: str, step: int, **values) -> None:
+        unknown = set(values) - set(StepMetrics.model_fields)
+        if unknown:
+            raise ValueError(f"not step metrics: {sorted(unknown)}")
         names = ", ".join(values)
         marks = ", ".join("?" * len(values))
         updates = ", ".join(f"{n} = COALESCE(excluded.{n}, {n})" for n in values)
@@ -218,22 +168,10 @@ class JobStore:
             (job_id, time.time(), level, type, message, json.dumps(data) if data is not None else None),
         )
 
-    def events(self, job_ids: list[str], after: int = 0) -> list[dict]:
-        marks = ",".join("?" * len(job_ids))
-        rows = self._run(
-            f"SELECT * FROM events WHERE job_id IN ({marks}) AND id > ? ORDER BY id", (*job_ids, after)
-        )
-        return [
-            {"id": r["id"], "job_id": r["job_id"], "time": r["time"], "level": r["level"], "type": r["type"],
-             "message": r["message"], "data": json.loads(r["data"]) if r["data"] else None}
-            for r in rows
-        ]
-
-    def job_ids(self, experiment_name: str) -> list[str]:
-        rows = self._run(
-            "SELECT job_id FROM jobs WHERE experiment_name = ? ORDER BY created_at", (experiment_name,)
-        )
-        return [r["job_id"] for r in rows]
+    def events(self, job_id: str, after: int = 0) -> list[dict]:
+        """The job's events after the one numbered `after`, oldest first."""
+        rows = self._run("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id", (job_id, after))
+        return [{k: (json.loads(r[k]) if k == "data" and r[k] else r[k]) for k in r.keys()} for r in rows]
 
     def backup(self, dest: Path) -> dict:
         """A consistent copy while jobs go on writing: path, bytes, jobs."""
@@ -250,7 +188,6 @@ def _plain(fields: dict) -> dict:
 
 def _job(row: sqlite3.Row) -> dict:
     job = {k: row[k] for k in row.keys()}
-    job["config"] = json.loads(job["config"])
     for name in _JSON_FIELDS:
         job[name] = json.loads(job[name]) if job[name] else None
     job["resume"] = bool(job["resume"])

@@ -9,7 +9,7 @@ Each panel has `.widget` and plain methods its buttons call (`run`, `start`, `wa
 which code and tests call too. The workbench outside this package never imports ipywidgets.
 """
 
-from workbench.ui.backend import Backend, BackendError, HttpBackend, LocalBackend, connect
+from workbench.ui.connection import connect, where
 from workbench.ui.datasets import DatasetPanel
 from workbench.ui.jobs import JobsPanel
 from workbench.ui.playground import PlaygroundPanel
@@ -18,18 +18,19 @@ from workbench.ui.training import TrainingPanel
 
 
 class Dashboard:
-    """Every panel over one backend, one tab each (`.panels` by name, `.tabs`), under a health line."""
+    """Every panel over one workbench, one tab each (`.panels` by name, `.tabs`), under a health line."""
 
-    def __init__(self, backend: Backend | None = None):
+    def __init__(self, workbench=None):
         import ipywidgets as widgets
 
-        backend = connect(backend)
+        workbench = connect(workbench)
         self.panels = {
-            "Providers": ProvidersPanel(backend), "Playground": PlaygroundPanel(backend),
-            "Datasets": DatasetPanel(backend), "Training": TrainingPanel(backend), "Jobs": JobsPanel(backend),
+            "Providers": ProvidersPanel(workbench), "Playground": PlaygroundPanel(workbench),
+            "Datasets": DatasetPanel(workbench), "Training": TrainingPanel(workbench),
+            "Jobs": JobsPanel(workbench),
         }
         self.tabs = widgets.Tab(children=[p.widget for p in self.panels.values()], titles=list(self.panels))
-        self.health = widgets.HTML(_health(backend))
+        self.health = widgets.HTML(_health(workbench))
         self.widget = widgets.VBox([self.health, self.tabs])
 
     def _ipython_display_(self) -> None:
@@ -42,18 +43,17 @@ class Dashboard:
             panel.close()
 
 
-def _health(backend: Backend) -> str:
+def _health(workbench) -> str:
     from workbench.ui.common import ERROR_STYLE, escape
 
     try:
-        health = backend.health()
+        health = workbench.health()
     except Exception as exc:
         return f'<span style="{ERROR_STYLE}">{escape(exc)}</span>'
-    where = backend.url if isinstance(backend, HttpBackend) else "this process"
-    colour = "#1a7f37" if health["status"] == "healthy" else "#9a6700"
-    problems = "".join(f"<li>{escape(p)}</li>" for p in health["problems"])
-    return (f'<b>Workbench</b> ({escape(where)}): <b style="color:{colour}">{escape(health["status"])}</b>'
-            f" · MLX on {escape(health['device'].get('backend', '?'))}"
+    colour = "#1a7f37" if health.status == "healthy" else "#9a6700"
+    problems = "".join(f"<li>{escape(p)}</li>" for p in health.problems)
+    return (f'<b>Workbench</b> ({escape(where(workbench))}): <b style="color:{colour}">'
+            f"{escape(health.status)}</b> · MLX on {escape(health.device.get('backend', '?'))}"
             + (f"<ul>{problems}</ul>" if problems else ""))
 
 
@@ -63,6 +63,6 @@ def dashboard(target=None) -> Dashboard:
 
 
 __all__ = [
-    "Backend", "BackendError", "Dashboard", "DatasetPanel", "HttpBackend", "JobsPanel", "LocalBackend",
-    "PlaygroundPanel", "ProvidersPanel", "TrainingPanel", "connect", "dashboard",
+    "Dashboard", "DatasetPanel", "JobsPanel", "PlaygroundPanel", "ProvidersPanel", "TrainingPanel", "connect",
+    "dashboard",
 ]

@@ -13,7 +13,7 @@ import ipywidgets as widgets
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from workbench.ui.backend import Backend, BackendError, connect
+from workbench.ui.connection import connect, explain
 
 ERROR_STYLE = "color:#b00020"
 MUTED_STYLE = "color:#666;font-size:90%"
@@ -24,8 +24,8 @@ class Panel:
 
     widget: widgets.Widget
 
-    def __init__(self, backend: Backend | None = None):
-        self.backend = connect(backend)
+    def __init__(self, workbench=None):
+        self.workbench = connect(workbench)  # a Workbench, or a Client of a running service
         self.message = widgets.HTML()  # the outcome of the last action, or what went wrong
 
     def _ipython_display_(self) -> None:
@@ -38,7 +38,7 @@ class Panel:
 
     def fail(self, exc: Exception) -> None:
         """Shows an error as a person can act on it: the field at fault and why."""
-        self.say(str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}", error=True)
+        self.say(explain(exc), error=True)
 
     def close(self) -> None:
         """Closes the widgets (panels with a background refresh stop it first)."""
@@ -165,10 +165,10 @@ class Plot:
         self.image.value = buffer.getvalue()
 
 
-def draw_losses(axes, steps: list[dict], label: str = "", color=None) -> tuple[int, int]:
+def draw_losses(axes, steps: list, label: str = "", color=None) -> tuple[int, int]:
     """Train loss per step (a line) and validation loss (points) on `axes`; answers how many of each."""
-    train = [(s["step"], s["loss"]) for s in steps if s.get("loss") is not None]
-    valid = [(s["step"], s["eval_loss"]) for s in steps if s.get("eval_loss") is not None]
+    train = [(s.step, s.loss) for s in steps if s.loss is not None]
+    valid = [(s.step, s.eval_loss) for s in steps if s.eval_loss is not None]
     prefix = f"{label} " if label else ""
     line = None
     if train:

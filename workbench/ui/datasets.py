@@ -9,8 +9,8 @@ from typing import get_args
 import ipywidgets as widgets
 
 from workbench.data import SAMPLES
+from workbench.schemas import DatasetPreview, PreviewRequest
 from workbench.training.config import DatasetFormat, TrainingConfig
-from workbench.ui.backend import Backend
 from workbench.ui.common import Panel, Plot, button, escape, muted
 
 _FIELDS = TrainingConfig.model_fields
@@ -24,8 +24,8 @@ class DatasetPanel(Panel):
     panel.source.value = "file"; panel.path.value = "mine.jsonl"; panel.preview()
     """
 
-    def __init__(self, backend: Backend | None = None):
-        super().__init__(backend)
+    def __init__(self, workbench=None):
+        super().__init__(workbench)
         self.lengths: list[int] = []
         self.source = widgets.ToggleButtons(options=[*SAMPLES, FILE], value="alpaca",
                                             tooltip="A sample shipped with the workbench, or your own file")
@@ -71,22 +71,23 @@ class DatasetPanel(Panel):
             "mask_prompt": self.mask_prompt.value, "model_name": self.model.value.strip() or None,
         }
 
-    def preview(self) -> dict | None:
+    def preview(self) -> DatasetPreview | None:
         """Shows the first rows and the token length histogram; answers the preview."""
         config = self.config()
         self.say("")
         try:
-            shown = self.backend.preview_dataset(config, self.rows.value)
-            self.lengths = self.backend.token_lengths(config)
+            shown = self.workbench.preview_dataset(PreviewRequest(**config, rows=self.rows.value,
+                                                                  token_lengths=True))
         except Exception as exc:
             self.summary.value = self.samples.value = ""
             self.fail(exc)
             return None
-        self.summary.value = _summary(shown["summary"])
+        self.lengths = shown.token_lengths
+        self.summary.value = _summary(shown.summary)
         self.samples.value = "".join(
-            _sample(i, row, config["max_seq_length"]) for i, row in enumerate(shown["rows"], 1)
+            _sample(i, row, config["max_seq_length"]) for i, row in enumerate(shown.rows, 1)
         )
-        self.histogram(config["max_seq_length"], shown["summary"]["source"])
+        self.histogram(config["max_seq_length"], shown.summary["source"])
         return shown
 
     def histogram(self, max_seq_length: int, title: str = "") -> None:

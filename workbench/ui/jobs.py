@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
-from workbench.ui.backend import Backend
 from workbench.ui.common import Markup, Panel, Plot, Ticker, button, draw_losses, escape, table, when
 
 STATUS_COLOURS = {"running": "#0969da", "queued": "#8250df", "completed": "#1a7f37", "failed": "#b00020",
@@ -16,9 +15,9 @@ class JobsPanel(Panel):
     panel.compare(["run-a", "run-b"])     # their train and validation loss on one plot
     """
 
-    def __init__(self, backend: Backend | None = None, refresh_s: float | None = 2.0):
-        super().__init__(backend)
-        self.jobs: list[dict] = []
+    def __init__(self, workbench=None, refresh_s: float | None = 2.0):
+        super().__init__(workbench)
+        self.jobs: list = []
         self.compared: dict[str, tuple[int, int]] = {}  # experiment -> (train points, validation points)
         self.table = widgets.HTML()
         self.auto = widgets.Checkbox(value=refresh_s is not None, indent=False,
@@ -39,9 +38,9 @@ class JobsPanel(Panel):
         if self.auto.value:
             self._ticker.start()
 
-    def refresh(self) -> list[dict] | None:
+    def refresh(self) -> list | None:
         try:
-            self.jobs = self.backend.jobs()
+            self.jobs = self.workbench.list_jobs()
         except Exception as exc:
             self.fail(exc)
             return None
@@ -50,7 +49,7 @@ class JobsPanel(Panel):
              "peak MB", "created", "finished"],
             [_row(job) for job in self.jobs],
         )
-        names = tuple(dict.fromkeys(job["experiment_name"] for job in self.jobs))
+        names = tuple(dict.fromkeys(job.experiment_name for job in self.jobs))
         if names != self.select.options:  # reassigning options would drop the selection
             chosen = [n for n in self.select.value if n in names]
             self.select.options = names
@@ -64,7 +63,7 @@ class JobsPanel(Panel):
         self.compared = {}
         try:
             for index, name in enumerate(names):
-                steps = self.backend.metrics(name)["steps"]
+                steps = self.workbench.metrics(name).steps
                 self.compared[name] = draw_losses(axes, steps, label=name, color=f"C{index % 10}")
         except Exception as exc:
             self.fail(exc)
@@ -82,13 +81,13 @@ class JobsPanel(Panel):
         return self.auto.value and self.refresh() is not None
 
 
-def _row(job: dict) -> list:
-    colour = STATUS_COLOURS.get(job["status"], "#444")
-    total = job.get("total_steps")
+def _row(job) -> list:
+    colour = STATUS_COLOURS.get(job.status.value, "#444")
+    total = job.total_steps
     return [
-        job["experiment_name"], job["job_id"], job.get("training_type"),
-        Markup(f'<b style="color:{colour}">{escape(job["status"])}</b>'), job.get("phase"),
-        f"{job['current_step']}/{total}" if total else str(job["current_step"]),
-        job.get("loss"), job.get("eval_loss"), job.get("tokens_per_s"), job.get("peak_memory_mb"),
-        when(job.get("created_at")), when(job.get("finished_at")),
+        job.experiment_name, job.job_id, job.training_type,
+        Markup(f'<b style="color:{colour}">{escape(job.status)}</b>'), job.phase,
+        f"{job.current_step}/{total}" if total else str(job.current_step),
+        job.loss, job.eval_loss, job.tokens_per_s, job.peak_memory_mb,
+        when(job.created_at), when(job.finished_at),
     ]

@@ -6,8 +6,9 @@ import time
 
 import ipywidgets as widgets
 
-from workbench.providers.params import SamplingParams
-from workbench.ui.backend import Backend, BackendError
+from workbench.providers.params import GenerateParams, SamplingParams
+from workbench.providers.router import AllProvidersFailed
+from workbench.schemas import GenerateResponse
 from workbench.ui.common import Panel, button, escape, muted, table
 from workbench.ui.providers import NAMES
 
@@ -26,8 +27,8 @@ class PlaygroundPanel(Panel):
     panel.mode.value = "chat"; panel.prompt.value = "Hello"; panel.run(); panel.run()  # a conversation
     """
 
-    def __init__(self, backend: Backend | None = None):
-        super().__init__(backend)
+    def __init__(self, workbench=None):
+        super().__init__(workbench)
         self.history: list[dict] = []  # the chat so far: user and assistant turns
         self.mode = widgets.ToggleButtons(options=["prompt", "chat"], value="prompt",
                                           tooltips=["Plain completion: the text is continued as it is",
@@ -81,25 +82,25 @@ class PlaygroundPanel(Panel):
         system = [{"role": "system", "content": self.system.value}] if self.system.value.strip() else []
         return params | {"messages": system + self.history + [{"role": "user", "content": self.prompt.value}]}
 
-    def run(self) -> dict | None:
+    def run(self) -> GenerateResponse | None:
         """Generates (streamed when `stream` is ticked); answers the full result, None on an error."""
-        params = self.params()
         self.say("")
         self.output.value, self.details.value = "", muted("generating…")
         self.generate_button.disabled = True
         try:
-            result = self._stream(params) if self.stream.value else self.backend.generate(params)
+            params = GenerateParams(**self.params())
+            result = self._stream(params) if self.stream.value else self.workbench.generate(params)
         except Exception as exc:
-            self.details.value = _attempts(exc.attempts) if isinstance(exc, BackendError) else ""
+            self.details.value = _attempts(exc.attempts) if isinstance(exc, AllProvidersFailed) else ""
             self.fail(exc)
             return None
         finally:
             self.generate_button.disabled = False
-        self._show_text(result["generated_text"])
+        self._show_text(result.generated_text)
         self.details.value = _details(result)
         if self.mode.value == "chat":
             self.history += [{"role": "user", "content": self.prompt.value},
-                             {"role": "assistant", "content": result["generated_text"]}]
+                             {"role": "assistant", "content": result.generated_text}]
             self.prompt.value = ""
             self._show_transcript()
         return result
@@ -111,19 +112,18 @@ class PlaygroundPanel(Panel):
 
     # Helpers ------------------------------------------------------------------------------------
 
-    def _stream(self, params: dict) -> dict:
-        pieces, shown_at, result = [], 0.0, None
-        for kind, value in self.backend.stream(params):
-            if kind == "token":
-                pieces.append(value)
+    def _stream(self, params: GenerateParams) -> GenerateResponse:
+        pieces, shown_at = [], 0.0
+        stream = self.workbench.stream(params.model_copy(update={"stream": True}))
+        try:
+            for piece in stream:
+                pieces.append(piece)
                 if time.monotonic() - shown_at > _REDRAW_S:
                     self._show_text("".join(pieces))
                     shown_at = time.monotonic()
-            elif kind == "done":
-                result = value
-        if result is None:
-            raise BackendError(None, "the stream ended without a result", 502)
-        return result
+            return stream.result()
+        finally:
+            stream.cancel()  # a reader that stops early frees the engine's batch slot
 
     def _show_text(self, text: str) -> None:
         self.output.value = f'<pre style="white-space:pre-wrap;margin:0">{escape(text)}</pre>'
@@ -143,16 +143,16 @@ class PlaygroundPanel(Panel):
         )
 
 
-def _details(result: dict) -> str:
+def _details(result: GenerateResponse) -> str:
     summary = (
-        f"<b>provider used</b>: {escape(result['provider_used'])} · <b>model</b>: {escape(result['model'])} "
-        f"({escape(result['model_path'])}) · <b>finish</b>: {escape(result['finish_reason'])} · "
-        f"<b>tokens</b>: {result['prompt_tokens']} prompt + {result['completion_tokens']} completion"
+        f"<b>provider used</b>: {escape(result.provider_used)} · <b>model</b>: {escape(result.model)} "
+        f"({escape(result.model_path)}) · <b>finish</b>: {escape(result.finish_reason)} · "
+        f"<b>tokens</b>: {result.prompt_tokens} prompt + {result.completion_tokens} completion"
     )
-    if result.get("latency_ms"):
-        summary += f" · {result['latency_ms']:.0f} ms"
-    warnings = "".join(f"<div>{muted('warning: ' + w)}</div>" for w in result.get("warnings") or [])
-    return f"<div>{summary}</div>{warnings}{_attempts(result.get('attempts') or [])}"
+    if result.latency_ms:
+        summary += f" · {result.latency_ms:.0f} ms"
+    warnings = "".join(f"<div>{muted('warning: ' + w)}</div>" for w in result.warnings)
+    return f"<div>{summary}</div>{warnings}{_attempts(result.attempts)}"
 
 
 def _attempts(attempts: list[dict]) -> str:

@@ -7,8 +7,8 @@ from typing import get_args
 import ipywidgets as widgets
 
 from workbench.providers.params import ProviderName
-from workbench.providers.store import DEFAULT_TIMEOUT_S
-from workbench.ui.backend import Backend
+from workbench.providers.store import DEFAULT_TIMEOUT_S, ProviderConfig
+from workbench.schemas import ConfigureResponse, FallbackRequest, ProviderState
 from workbench.ui.common import Markup, Panel, button, escape, muted, table, when
 
 NAMES = list(get_args(ProviderName))
@@ -22,9 +22,9 @@ class ProvidersPanel(Panel):
     panel.configure(); panel.set_fallback(["ollama", "local_mlx"])
     """
 
-    def __init__(self, backend: Backend | None = None):
-        super().__init__(backend)
-        self.listing: dict[str, dict] = {}
+    def __init__(self, workbench=None):
+        super().__init__(workbench)
+        self.listing: dict[str, ProviderState] = {}
         self.table = widgets.HTML()
         self.provider = widgets.Dropdown(options=NAMES, value="ollama", description="provider", style=_LABEL)
         # A Password field: the key is masked while typed, and cleared once sent (see `configure`).
@@ -64,8 +64,8 @@ class ProvidersPanel(Panel):
     def refresh(self) -> None:
         first = not self.listing
         try:
-            self.listing = self.backend.providers()
-            order = self.backend.fallback()
+            self.listing = self.workbench.providers()
+            order = self.workbench.fallback().order
         except Exception as exc:
             self.fail(exc)
             return
@@ -79,27 +79,27 @@ class ProvidersPanel(Panel):
         if first:
             self._load_provider()
 
-    def configure(self) -> dict | None:
+    def configure(self) -> ConfigureResponse | None:
         provider = self.provider.value
         key = self.api_key.value or None
         # Cleared whatever happens: a widget's value is kept in the notebook's saved widget state.
         self.api_key.value = ""
         try:
-            answer = self.backend.configure_provider(
-                provider, api_key=key, model=self.model.value.strip() or None,
+            answer = self.workbench.configure_provider(ProviderConfig(
+                provider=provider, api_key=key, model=self.model.value.strip() or None,
                 api_base=self.api_base.value.strip() or None, timeout=self.timeout.value,
-            )
+            ))
         except Exception as exc:
             self.fail(exc)
             return None
         self.refresh()
-        shown_key = f", key {answer['api_key']}" if answer.get("api_key") else ""
-        self.say(f"{provider} configured: model {answer['model']}, api base {answer['api_base']}{shown_key}")
+        shown_key = f", key {answer.api_key}" if answer.api_key else ""
+        self.say(f"{provider} configured: model {answer.model}, api base {answer.api_base}{shown_key}")
         return answer
 
     def remove(self) -> None:
         try:
-            self.backend.remove_provider(self.provider.value)
+            self.workbench.remove_provider(self.provider.value)
         except Exception as exc:
             self.fail(exc)
             return
@@ -110,7 +110,7 @@ class ProvidersPanel(Panel):
         """Sets the order shown in the field (or the one given); an empty field restores the default."""
         wanted = list(order if order is not None else self.order.value) or None
         try:
-            chain = self.backend.set_fallback(wanted)
+            chain = self.workbench.set_fallback(FallbackRequest(order=wanted).order).order
         except Exception as exc:
             self.fail(exc)
             return None
@@ -125,26 +125,26 @@ class ProvidersPanel(Panel):
 
     def _load_provider(self) -> None:
         """The selected provider's current model and api base, to edit (not another provider's)."""
-        info = self.listing.get(self.provider.value, {})
-        self.model.value = info.get("model") or ""
-        self.api_base.value = info.get("api_base") or ""
-        self.timeout.value = info.get("timeout") or DEFAULT_TIMEOUT_S
+        info = self.listing.get(self.provider.value)
+        self.model.value = (info and info.model) or ""
+        self.api_base.value = (info and info.api_base) or ""
+        self.timeout.value = (info and info.timeout) or DEFAULT_TIMEOUT_S
         self.api_key.value = ""
-        self.api_key.disabled = not info.get("needs_key", True)
-        self.api_key.placeholder = (f"configured ({info['api_key']}): type to replace" if info.get("api_key")
-                                    else "needed" if info.get("needs_key") else "not needed")
+        needs_key = info.needs_key if info else True
+        self.api_key.disabled = not needs_key
+        self.api_key.placeholder = (f"configured ({info.api_key}): type to replace" if info and info.api_key
+                                    else "needed" if needs_key else "not needed")
 
 
-def _row(name: str, info: dict) -> list:
-    health = info.get("health") or {}
-    error = health.get("last_error")
+def _row(name: str, info: ProviderState) -> list:
+    error = info.health.last_error
     error_text = f"{error.get('error')}: {error.get('message', '')}"[:120] if error else ""
     return [
-        name, _mark(info.get("configured")), _mark(info.get("usable")), info.get("model"),
-        info.get("api_base"), info.get("api_key"),  # the key as the backend masks it: "...xyz" at most
-        when(health.get("last_success")),
+        name, _mark(info.configured), _mark(info.usable), info.model,
+        info.api_base, info.api_key,  # the key as the workbench masks it: "...xyz" at most
+        when(info.health.last_success),
         Markup(f'<span style="color:#b00020">{escape(error_text)}</span>') if error_text else "",
-        when(health.get("cooling_down_until")),
+        when(info.health.cooling_down_until),
     ]
 
 

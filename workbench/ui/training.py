@@ -10,9 +10,9 @@ from collections.abc import Callable
 import ipywidgets as widgets
 
 from workbench.data import SAMPLES
+from workbench.errors import InputError
 from workbench.training.config import TrainingConfig
-from workbench.training.store import ACTIVE, TERMINAL
-from workbench.ui.backend import Backend, BackendError
+from workbench.training.record import ACTIVE, TERMINAL, JobStatus
 from workbench.ui.common import Panel, Plot, Ticker, button, draw_losses, escape, muted
 from workbench.ui.forms import Form
 
@@ -31,12 +31,12 @@ class TrainingPanel(Panel):
     panel.stop(); panel.resume()
     """
 
-    def __init__(self, backend: Backend | None = None, poll_s: float = POLL_S, **values):
-        super().__init__(backend)
+    def __init__(self, workbench=None, poll_s: float = POLL_S, **values):
+        super().__init__(workbench)
         self.form = Form(TrainingConfig, SECTIONS, STARTER | values, suggestions={"dataset": list(SAMPLES)})
         self.fields = self.form.fields
         self.experiment: str | None = None  # the job followed: the last started or resumed
-        self.last_status: dict | None = None
+        self.last_status: JobStatus | None = None
         self.train_points = self.valid_points = 0
         self._drawn: tuple | None = None
         self._lock = threading.RLock()  # the poller and wait() both refresh
@@ -72,15 +72,15 @@ class TrainingPanel(Panel):
             self.say("Not started: " + "; ".join(problems + self.form.loose), error=True)
         return config
 
-    def start(self) -> dict | None:
-        """Validates the form and starts a job; answers the service's reply, None when refused."""
+    def start(self):
+        """Validates the form and starts a job; answers the StartResponse, None when refused."""
         self.say("")
         config = self.validate()
         if config is None:
             return None
         try:
-            started = self.backend.start_training(config.model_dump(mode="json"))
-        except BackendError as exc:  # the workbench's own checks: data files, model, a name in use
+            started = self.workbench.start_training(config)
+        except InputError as exc:  # the workbench's own checks: data files, model, a name in use
             self.form.show_errors(exc.errors)
             self.say(f"Not started: {exc}", error=True)
             return None
@@ -88,17 +88,19 @@ class TrainingPanel(Panel):
             self.fail(exc)
             return None
         self.experiment = config.experiment_name
-        self.say(f"{self.experiment} {started['state']} (job {started['job_id']})")
+        self.say(f"{self.experiment} {started.state} (job {started.job_id})")
         self.refresh()
         return started
 
-    def stop(self) -> dict | None:
-        return self._act("stop")
+    def stop(self):
+        """Stops the form's experiment (a running job checkpoints first); answers the JobAction."""
+        return self._act(self.workbench.stop_training)
 
-    def resume(self) -> dict | None:
-        return self._act("resume")
+    def resume(self):
+        """Continues the form's experiment from its last checkpoint; answers the JobAction."""
+        return self._act(self.workbench.resume_training)
 
-    def refresh(self) -> dict | None:
+    def refresh(self) -> JobStatus | None:
         """Reads the job's status and metrics and redraws; answers the status (None on an error)."""
         try:
             return self._refresh()
@@ -107,18 +109,17 @@ class TrainingPanel(Panel):
             return None
 
     def wait(self, timeout: float = 600.0, interval: float = POLL_S,
-             until: Callable[[dict], bool] | None = None) -> dict:
+             until: Callable[[JobStatus], bool] | None = None) -> JobStatus:
         """Polls until the job ends (or `until(status)` holds), updating the panel as it goes; answers
         the last status. Runs in the caller's thread, so it works with no browser attached (nbmake)."""
-        until = until or (lambda status: status["status"] in TERMINAL)
+        until = until or (lambda status: status.status in TERMINAL)
         deadline = time.monotonic() + timeout
         while True:
             status = self._refresh()
             if until(status):
                 return status
             if time.monotonic() > deadline:
-                name = status["experiment_name"]
-                raise TimeoutError(f"{name} still {status['status']} after {timeout:.0f} s")
+                raise TimeoutError(f"{status.experiment_name} still {status.status} after {timeout:.0f} s")
             time.sleep(interval)
 
     def close(self) -> None:
@@ -133,79 +134,79 @@ class TrainingPanel(Panel):
         typed = self.fields["experiment_name"].get()
         name = (typed or self.experiment) if form_first else (self.experiment or typed)
         if not name:
-            raise BackendError("experiment_name", "give the experiment's name")
+            raise InputError("experiment_name", "give the experiment's name")
         return name
 
-    def _act(self, action: str) -> dict | None:
+    def _act(self, action: Callable):
         try:
             name = self._name(form_first=True)
-            answer = getattr(self.backend, action)(name)
+            answer = action(name)
         except Exception as exc:
             self.fail(exc)
             return None
         self.experiment = name
-        self.say(f"{name} {answer['action']}: {answer['state']} at step {answer['current_step']}")
+        self.say(f"{name} {answer.action}: {answer.state} at step {answer.current_step}")
         self.refresh()
         return answer
 
     def _tick(self) -> bool:
         """The poller's call: keep going while the job is queued or running."""
         status = self.refresh()
-        return status is not None and status["status"] in ACTIVE
+        return status is not None and status.status in ACTIVE
 
-    def _refresh(self) -> dict:
+    def _refresh(self) -> JobStatus:
         with self._lock:
             name = self._name()
-            status = self.backend.job_status(name)
-            steps = self.backend.metrics(name)["steps"]
+            status = self.workbench.job_status(name)
+            steps = self.workbench.metrics(name).steps
             self.last_status = status
             self._show_status(status)
             self._draw(status, steps)
-        if status["status"] in ACTIVE:
+        if status.status in ACTIVE:
             self._ticker.start()  # live updates from the kernel, whoever asked first (no-op if running)
         return status
 
-    def _show_status(self, status: dict) -> None:
-        total, step = status["total_steps"] or 0, status["current_step"]
+    def _show_status(self, status: JobStatus) -> None:
+        total, step = status.total_steps or 0, status.current_step
         self.progress.max = max(total, step, 1)
         self.progress.value = step
-        self.progress.bar_style = BAR_STYLES.get(status["status"], "info")
-        self.state.value = (f"<b>{escape(status['experiment_name'])}</b> · {escape(status['status'])}"
-                            f" · {escape(status['phase'] or '')} · step {step}/{total or '?'}")
+        self.progress.bar_style = BAR_STYLES.get(status.status.value, "info")
+        self.state.value = (f"<b>{escape(status.experiment_name)}</b> · {escape(status.status)}"
+                            f" · {escape(status.phase or '')} · step {step}/{total or '?'}")
         self.stats.value = _stats(status)
-        if status["status"] not in ACTIVE:
+        if status.status not in ACTIVE:
             # The job has ended: the message from Start or Resume ("... running") would be stale.
-            ended = f"{status['experiment_name']} {status['status']} at step {step}"
-            self.say(ended, error=status["status"] == "failed")
+            ended = f"{status.experiment_name} {status.status} at step {step}"
+            self.say(ended, error=status.status == "failed")
 
-    def _draw(self, status: dict, steps: list[dict]) -> None:
-        key = (status["job_id"], status["status"], len(steps), steps[-1] if steps else None)
+    def _draw(self, status: JobStatus, steps: list) -> None:
+        key = (status.job_id, status.status, len(steps), steps[-1] if steps else None)
         if key == self._drawn:
             return  # nothing new: leave the image as it is
         axes = self.plot.clear()
         self.train_points, self.valid_points = draw_losses(axes, steps)
-        axes.set_title(f"{status['experiment_name']} ({status['status']})", fontsize=10)
+        axes.set_title(f"{status.experiment_name} ({status.status})", fontsize=10)
         if self.train_points or self.valid_points:
             axes.legend(fontsize=8)
         self.plot.render()
         self._drawn = key
 
 
-def _stats(status: dict) -> str:
+def _stats(status: JobStatus) -> str:
     def number(value, unit="", digits=4):
         return "–" if value is None else f"{value:.{digits}g}{unit}"
 
     lines = [
-        f"<b>tokens/s</b>: {number(status['tokens_per_s'], digits=5)}",
-        f"<b>peak memory</b>: {number(status['peak_memory_mb'], ' MB', 5)}",
-        f"<b>train loss</b>: {number(status['loss'])}",
-        f"<b>validation loss</b>: {number(status['eval_loss'])}",
+        f"<b>tokens/s</b>: {number(status.tokens_per_s, digits=5)}",
+        f"<b>peak memory</b>: {number(status.peak_memory_mb, ' MB', 5)}",
+        f"<b>train loss</b>: {number(status.loss)}",
+        f"<b>validation loss</b>: {number(status.eval_loss)}",
     ]
-    if status.get("judge_score") is not None:
-        lines.append(f"<b>judge score</b>: {number(status['judge_score'])}")
-    lines += [f"<b>type</b>: {escape(status.get('training_type'))} on {escape(status.get('backend') or '?')}",
-              muted(f"checkpoint: {status['checkpoint'] or '–'}")]
-    error = status.get("error")
+    if status.judge_score is not None:
+        lines.append(f"<b>judge score</b>: {number(status.judge_score)}")
+    lines += [f"<b>type</b>: {escape(status.training_type)} on {escape(status.backend or '?')}",
+              muted(f"checkpoint: {status.checkpoint or '–'}")]
+    error = status.error
     if error:
         lines.append(f'<span style="color:#b00020">{escape(error.get("message"))}</span>')
         if error.get("log_tail"):

@@ -1,13 +1,18 @@
-"""Response models: what each endpoint answers, documented at /docs."""
+"""What each operation of `Workbench` takes and answers: the routes' request and response models
+(documented at /docs), and what the panels and `workbench.client` get back, in process or over HTTP."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from workbench.providers.params import ProviderName
-from workbench.training.config import TrainingConfig
+from workbench.training.config import TrainingConfig, TrainingType
+from workbench.training.record import JobEvent, JobStatus, StepMetrics
+
+__all__ = ["JobEvent", "JobStatus", "StepMetrics"]  # declared with the job record, answered from here too
 
 
 class GenerateResponse(BaseModel):
@@ -25,6 +30,12 @@ class GenerateResponse(BaseModel):
         default_factory=list,
         description="Each provider tried, in order: provider, outcome (ok, failed, skipped), error, ms.",
     )
+
+
+    @classmethod
+    def of(cls, result) -> GenerateResponse:
+        """From the router's GenerationResult."""
+        return cls(**asdict(result), total_tokens=result.prompt_tokens + result.completion_tokens)
 
 
 class BatchItem(GenerateResponse):
@@ -132,39 +143,6 @@ class StartResponse(BaseModel):
     model_path: str = Field(description="The base model folder the name resolved to.")
 
 
-class JobStatus(BaseModel):
-    experiment_name: str
-    job_id: str
-    status: str = Field(description="queued, running, completed, failed, stopped or interrupted.")
-    phase: str | None = Field(description="loading_model, loading_data, training, evaluating, saving...")
-    current_step: int
-    total_steps: int | None
-    progress: float
-    loss: float | None
-    eval_loss: float | None
-    judge_score: float | None = Field(description="The eval_provider's mean score (0 to 10), if any.")
-    tokens_per_s: float | None = Field(description="Trained (answer) tokens per second, as mlx-lm counts.")
-    useful_tokens_per_s: float | None = Field(description="Real input tokens per second, padding excluded.")
-    raw_tokens_per_s: float | None = Field(description="Positions computed per second, padding included.")
-    peak_memory_mb: float | None = Field(description="MLX's peak memory since training started.")
-    checkpoint: str | None
-    adapter_path: str | None
-    model_name: str | None
-    model_path: str
-    training_type: str
-    backend: str | None = Field(description="cpu or gpu: where MLX trains.")
-    policy: dict | None = Field(
-        description="How the run computes: dtype, quantized products, compiled step, BLAS, kernel cache, "
-        "memory limits."
-    )
-    pid: int | None = Field(description="The worker process, while the job runs.")
-    error: dict | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    config: dict
-
-
 class JobAction(BaseModel):
     experiment_name: str
     job_id: str
@@ -177,9 +155,39 @@ class JobAction(BaseModel):
 class MetricsResponse(BaseModel):
     experiment_name: str
     job_id: str
-    steps: list[dict]
+    steps: list[StepMetrics]
+
+
+class JobEvents(BaseModel):
+    """A job's events after a given one, and whether more can come."""
+
+    job_id: str
+    events: list[JobEvent]
+    ended: bool = Field(description="The job has ended and every event it wrote is in this list or before.")
 
 
 class FuseResponse(BaseModel):
     experiment_name: str
     path: str = Field(description="A model folder; use it as `model` or load it with mlx_lm.load.")
+
+
+class PreviewRequest(TrainingConfig):
+    """What `POST /datasets/preview` takes: the data fields of a training configuration (the rest may
+    be left out), how many rows to show, and whether to count every row's tokens."""
+
+    experiment_name: str = Field(default="preview", description="Not used by a preview.")
+    training_type: TrainingType = Field(default="lora", description="Not used by a preview.")
+    rows: int = Field(default=5, ge=1, le=100, description="How many rows to show.")
+    token_lengths: bool = Field(default=False, description="Also count every row's tokens (chat template "
+                                "applied), for a histogram.")
+
+    def training_config(self) -> TrainingConfig:
+        return TrainingConfig.model_validate(self.model_dump(exclude={"rows", "token_lengths"}))
+
+
+class DatasetPreview(BaseModel):
+    summary: dict = Field(description="Source, format, rows kept for training and validation, and the "
+                          "problems found.")
+    rows: list[dict] = Field(description="The first rows as the model sees them: text, and which tokens "
+                             "are trained.")
+    token_lengths: list[int] | None = Field(default=None, description="Tokens in every row, when asked for.")
