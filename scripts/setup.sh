@@ -37,7 +37,7 @@ want=$( (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) |
 torch_pick() {
   "${pip[@]}" install --dry-run --no-deps --ignore-installed -q --report - "$torch_req" "$@" 2>/dev/null \
     | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' \
-      2>/dev/null || true
+    2>/dev/null || true
 }
 
 # PyTorch's CPU build for the benchmarks' peer, installed before the rest so that the bench extra finds
@@ -45,11 +45,12 @@ torch_pick() {
 # PyTorch's CPU index. Never PyPI's CUDA build, unless SETUP_TORCH=any says so.
 install_cpu_torch() {
   torch_req=$(grep -oE '"torch==[^"]+"' pyproject.toml | tr -d '"')
-  [ "$(uname -s)" = Linux ] || return 0              # macOS: PyPI's torch is the CPU (and Metal) build
-  [ "${SETUP_TORCH:-cpu}" = any ] && return 0      # take whatever pip picks, e.g. a CUDA build on purpose
-  if .venv/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != sys.argv[1])' \
-      "${torch_req#torch==}" 2>/dev/null; then
-    return 0                                           # this version is installed already, whichever build
+  [ "$(uname -s)" = Linux ] || return 0          # macOS: PyPI's torch is the CPU (and Metal) build
+  [ "${SETUP_TORCH:-cpu}" = any ] && return 0    # take whatever pip picks, e.g. a CUDA build on purpose
+  # This version installed already, whichever build: nothing to do.
+  if .venv/bin/python -c 'import importlib.metadata as m, sys
+sys.exit(m.version("torch").split("+")[0] != sys.argv[1])' "${torch_req#torch==}" 2>/dev/null; then
+    return 0
   fi
   local cpu_index=${SETUP_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
   local args
