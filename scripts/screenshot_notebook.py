@@ -19,7 +19,8 @@ Not part of the test suite, and it installs nothing. It needs:
 * Playwright's Python driver in the project's environment: `.venv/bin/pip install playwright`.
   Playwright downloads no browser by itself (that is `playwright install`, not needed): the system
   Chromium is passed as `executable_path`;
-* the project's dev tools (JupyterLab, ipywidgets): `pip install -e ".[dev]"`.
+* JupyterLab and ipywidgets, which the project's plain install brings (`pip install -e .`, as
+  `scripts/serve` does).
 """
 
 from __future__ import annotations
