@@ -12,10 +12,13 @@ import pytest
 import requests
 
 from service.launch import service_process
+from workbench.client import Client
+from workbench.training import record
+from workbench.training.config import TrainingConfig
 
 ALIASES = {"mlx-community/Qwen3-1.7B-8bit": "tiny"}
 MODEL = "mlx-community/Qwen3-1.7B-8bit"  # mapped to the tiny local model by the test settings
-TERMINAL = {"completed", "failed", "stopped", "interrupted"}
+TERMINAL = set(record.TERMINAL)
 
 
 @dataclass
@@ -43,6 +46,10 @@ class Service:
     def log_text(self) -> str:
         return self.log.read_text()
 
+    def client(self) -> Client:
+        """The library's client of this service (what notebooks and programs use)."""
+        return Client(self.url, self.token)
+
 
 @contextmanager
 def run_service(home: Path, models_dir: str, **env_extra: str):
@@ -68,18 +75,24 @@ def api(tmp_path_factory, models_dir):
 # Training jobs over HTTP -------------------------------------------------------------------------
 
 def start(svc, **config):
-    """POST /train/start with a small LoRA job on the tiny model, `config` overriding; its answer."""
+    """A small LoRA job on the tiny model, `config` overriding, started through the client; its answer
+    as JSON."""
     body = {"model_name": MODEL, "training_type": "lora", "dataset": "alpaca", "batch_size": 2} | config
-    response = svc.post("/train/start", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
+    with svc.client() as client:
+        return client.start_training(TrainingConfig(**body)).model_dump(mode="json")
 
 
 def wait_for(svc, name, until=TERMINAL, timeout=180, step_at_least=None):
-    """The job's status once it is in `until` (and past `step_at_least`); fails if it ends otherwise."""
+    """The job's status (as JSON) once it is in `until` (and past `step_at_least`); fails if it ends
+    otherwise."""
+    with svc.client() as client:
+        return _wait_for(client, name, until, timeout, step_at_least)
+
+
+def _wait_for(client: Client, name, until, timeout, step_at_least):
     deadline = time.monotonic() + timeout
     while True:
-        status = svc.get(f"/train/{name}/status").json()
+        status = client.job_status(name).model_dump(mode="json")
         if status["status"] in until and (step_at_least is None or status["current_step"] >= step_at_least):
             return status
         if status["status"] in TERMINAL - set(until):
