@@ -16,10 +16,10 @@ Where the rows come from (`load_rows`):
 * else `dataset` is a path (absolute, starting with `.` or `~`, or an existing name under
   `<home>/datasets`): read as `dataset_path` would be, under the same allowed roots;
 * else `dataset` is a Hugging Face dataset id, loaded with `datasets.load_dataset(id, split="train")`.
-  Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or `settings.hub_downloads` off) only the local
-  datasets cache is read. Otherwise one quick hub lookup (`settings.hub_timeout_s`) comes first: a
-  missing dataset fails at once, and when the hub cannot be reached the cache alone is read, so that
-  no network retries hold a job submission for long.
+  When the hub is off (workbench/hub.py: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or
+  `settings.hub_downloads` off) only the local datasets cache is read. Otherwise one quick hub lookup
+  comes first: a missing dataset fails at once, and when the hub cannot be reached the cache alone is
+  read, so that no network retries hold a job submission for long.
 
 JSON-lines files are read line by line here (not through `datasets`), so that a broken line is named
 by its number; .json, .csv and .parquet files go through `datasets`' builders (CSV columns as text).
@@ -34,14 +34,13 @@ import os
 import random
 import re
 import stat
-import threading
 from collections.abc import Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench import hub
 from workbench.data.formats import (
     CHAT_FORMATS,
     FORMATS,
@@ -65,7 +64,6 @@ PATH_HINTS = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "auto"}  # `
 BUILDERS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}  # read through `datasets`
 SUFFIXES = (".jsonl", *BUILDERS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_TRUE = {"1", "true", "yes", "on"}
 
 
 # What the caller gives and gets ---------------------------------------------------------------------
@@ -317,24 +315,15 @@ def _finish(
 
 # Hugging Face datasets ------------------------------------------------------------------------------
 
-_OFFLINE_LOCK = threading.Lock()
-
-
-def _offline_by_env() -> bool:
-    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
-
 
 def _load_hub(name: str, fmt: str, settings: Settings) -> LoadedRows:
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
-    if _offline_by_env():
-        offline, why = True, "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-    elif not settings.hub_downloads:
-        offline, why = True, "hub downloads are off (WORKBENCH_HUB_DOWNLOADS)"
-    else:
-        state = _hub_lookup(name, settings.hub_timeout_s)
+    why = hub.offline_reason(settings, "dataset")
+    offline = why is not None
+    if not offline:
+        state, _ = hub.lookup(name, "dataset", settings.hub_timeout_s)
         if state == "missing":
             raise InputError(
                 "dataset",
@@ -342,7 +331,7 @@ def _load_hub(name: str, fmt: str, settings: Settings) -> LoadedRows:
             )
         offline, why = state == "unreachable", "the Hugging Face hub could not be reached"
     try:
-        with _forced_offline(offline):
+        with hub.datasets_offline(offline):
             loaded = datasets.load_dataset(name, split="train")
     except DatasetNotFoundError:
         raise InputError("dataset", f"{name!r}: no such dataset on the Hugging Face hub") from None
@@ -355,41 +344,6 @@ def _load_hub(name: str, fmt: str, settings: Settings) -> LoadedRows:
     except Exception as exc:
         raise InputError("dataset", f"{name!r} could not be loaded: {_brief(exc)}") from None
     return _finish(loaded.to_list(), fmt, f"Hugging Face dataset {name}", "dataset")
-
-
-def _hub_lookup(name: str, timeout: float) -> str:
-    """'found', 'missing' or 'unreachable', after one request of at most `timeout` seconds."""
-    from huggingface_hub import dataset_info
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        dataset_info(name, timeout=timeout)
-    except RepositoryNotFoundError:
-        return "missing"
-    except Exception:  # no network shows up as httpx, OSError or HTTP errors alike
-        return "unreachable"
-    return "found"
-
-
-@contextmanager
-def _forced_offline(on: bool):
-    """`datasets` in offline mode for one load, when the environment has not set it already.
-
-    Only used when the hub cannot be reached or hub downloads are off, so other threads' hub requests
-    meanwhile would not have succeeded anyway.
-    """
-    if not on:
-        yield
-        return
-    from datasets import config
-
-    with _OFFLINE_LOCK:
-        saved = config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE
-        config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = True
-        try:
-            yield
-        finally:
-            config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE = saved
 
 
 def _brief(exc: BaseException, limit: int = 300) -> str:
