@@ -4,6 +4,9 @@
     summary = validate(spec, settings)            # at submission: every row read and checked
     data = build(spec, tokenizer, settings)       # data.train / data.valid: (tokens, offset) items
     preview(spec, tokenizer, settings, n=5)       # what the model sees, masked tokens included
+
+spec.py: the data fields of a training configuration; sources.py: where rows come from; formats.py:
+row formats; prepare.py: converting, splitting, tokenising, previews.
 """
 
 from workbench.data.formats import (
@@ -21,21 +24,17 @@ from workbench.data.formats import (
     text_row,
     to_messages,
 )
-from workbench.data.loading import (
-    SAMPLES,
+from workbench.data.prepare import (
     DatasetSummary,
-    DataSpec,
-    LoadedRows,
     PreparedData,
-    allowed_roots,
     build,
-    load_rows,
     preview,
-    resolve_path,
     split_indices,
     token_lengths,
     validate,
 )
+from workbench.data.sources import SAMPLES, LoadedRows, allowed_roots, load_rows, resolve_path
+from workbench.data.spec import DataSpec
 
 __all__ = [
     "CHAT_FORMATS",
