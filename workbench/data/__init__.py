@@ -5,8 +5,8 @@
     data = build(spec, tokenizer, settings)       # data.train / data.valid: (tokens, offset) items
     preview(spec, tokenizer, settings, n=5)       # what the model sees, masked tokens included
 
-spec.py: the data fields of a training configuration; sources.py: where rows come from; formats.py:
-row formats; prepare.py: converting, splitting, tokenising, previews.
+spec.py: the data fields (a TrainingConfig is a DataSpec); sources.py: where rows come from;
+formats.py: row formats; prepare.py: converting, splitting, tokenising, previews.
 """
 
 from workbench.data.formats import (

@@ -60,9 +60,9 @@ def split_indices(count: int, validation_split: float, seed: int) -> tuple[list[
 
 def _examples(spec: DataSpec, loaded: LoadedRows) -> tuple[list[dict], list[dict]]:
     """Every row converted (the first malformed one raises), split into train and valid."""
-    converted = _convert(loaded, spec.field)
+    converted = _convert(loaded, spec.error_field)
     if loaded.valid is not None:
-        return converted, _convert(loaded.valid, spec.field)
+        return converted, _convert(loaded.valid, spec.error_field)
     train_idx, valid_idx = split_indices(len(converted), spec.validation_split, spec.seed)
     return [converted[i] for i in train_idx], [converted[i] for i in valid_idx]
 
@@ -156,7 +156,7 @@ def preview(spec: DataSpec, tokenizer, settings: Settings, n: int = 5) -> list[d
     """
     loaded = load_rows(spec, settings)
     head = LoadedRows(loaded.rows[:n], loaded.format, loaded.source, loaded.lines and loaded.lines[:n])
-    examples = _convert(head, spec.field)
+    examples = _convert(head, spec.error_field)
     data = _mlx_dataset(examples, loaded.format, tokenizer, spec.mask_prompt)
     out = []
     for row, example in zip(head.rows, examples):
@@ -177,8 +177,8 @@ def preview(spec: DataSpec, tokenizer, settings: Settings, n: int = 5) -> list[d
 def token_lengths(spec: DataSpec, tokenizer, settings: Settings) -> list[int]:
     """Tokens in every row (in file order, before truncation), e.g. for a histogram."""
     loaded = load_rows(spec, settings)
-    examples = _convert(loaded, spec.field)
+    examples = _convert(loaded, spec.error_field)
     if loaded.valid is not None:
-        examples += _convert(loaded.valid, spec.field)
+        examples += _convert(loaded.valid, spec.error_field)
     data = _mlx_dataset(examples, loaded.format, tokenizer, mask_prompt=False)
     return [len(data.process(example)[0]) for example in examples]

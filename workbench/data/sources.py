@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import hub
-from workbench.data.formats import FORMATS, BadRow, detect_format, locate
+from workbench.data.formats import BadRow, detect_format, locate
 from workbench.data.spec import DataSpec
 from workbench.errors import InputError
 from workbench.settings import Settings
@@ -104,8 +104,6 @@ def resolve_path(raw: str, settings: Settings, field: str = "dataset_path") -> P
 
 def load_rows(spec: DataSpec, settings: Settings) -> LoadedRows:
     """The rows `spec` names, read but not converted, with their format (see the module's docstring)."""
-    if spec.dataset_format != "auto" and spec.dataset_format not in FORMATS:
-        raise InputError("dataset_format", f"unknown format {spec.dataset_format!r}; use auto or {FORMATS}")
     if spec.dataset_path:
         hint = PATH_HINTS.get(spec.dataset, "auto")
         fmt = spec.dataset_format if spec.dataset_format != "auto" else hint
