@@ -1,9 +1,19 @@
-"""From the rows a DataSpec names to token batches: converting, splitting, tokenising, previews."""
+"""From the rows a DataSpec names to what a job trains on: converted, split, then tokenised.
+
+`prepare` reads and converts every row once, at submission, so that bad data fails there and not in
+the middle of training; the job keeps the result in its run folder (`Examples.save`), in mlx-lm's
+layout, and its worker tokenises that (`tokenize`) rather than reading the source again. A resumed
+job therefore trains on the same rows, whatever became of the source since.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.data.formats import CHAT_FORMATS, MalformedRow, convert_rows, to_messages
@@ -14,6 +24,8 @@ from workbench.settings import Settings
 
 if TYPE_CHECKING:
     from mlx_lm.tuner.datasets import CacheDataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,11 +39,59 @@ class DatasetSummary:
 
 
 @dataclass(frozen=True)
+class Examples:
+    """Every row converted ({"messages"}, {"prompt", "completion"} or {"text"}) and split."""
+
+    train: list[dict]
+    valid: list[dict]
+    summary: DatasetSummary
+
+    FOLDER = "data"  # under a job's run folder: train.jsonl, valid.jsonl, summary.json
+
+    def save(self, run_dir: Path) -> Path | None:
+        """Written file by file and renamed into place, the summary last: a folder with a summary is
+        complete. None when they could not be written (a full disk): the job's worker then reads the
+        source again, and the disk, still full, fails the job with a clear error at its checkpoint."""
+        folder = run_dir / self.FOLDER
+        files = [("train.jsonl", _jsonl(self.train)), ("valid.jsonl", _jsonl(self.valid)),
+                 ("summary.json", json.dumps(asdict(self.summary)))]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, text in files:
+                partial = folder / f".{name}.partial"
+                partial.write_text(text, encoding="utf-8")
+                os.replace(partial, folder / name)
+        except OSError as exc:
+            log.warning("the rows of %s could not be kept under %s: %s", self.summary.source, folder, exc)
+            return None
+        return folder
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Examples | None:
+        """What `save` wrote under `run_dir`, or None if it holds none (a job submitted before jobs
+        kept their rows)."""
+        folder = run_dir / cls.FOLDER
+        if not (folder / "summary.json").is_file():
+            return None
+        summary = DatasetSummary(**json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+
+        def rows(name: str) -> list[dict]:
+            with (folder / name).open(encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle if line.strip()]
+
+        return cls(rows("train.jsonl"), rows("valid.jsonl"), summary)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+
+
+@dataclass(frozen=True)
 class PreparedData:
     """mlx-lm datasets whose items are (tokens, offset), ready for `iterate_batches`.
 
-    `train_examples` and `valid_examples` are the converted rows behind them ({"messages"},
-    {"prompt", "completion"} or {"text"}), e.g. for held-out prompts a judge scores.
+    `train_examples` and `valid_examples` are the converted rows behind them, e.g. for held-out
+    prompts a judge scores.
     """
 
     train: CacheDataset
@@ -41,7 +101,7 @@ class PreparedData:
     valid_examples: list[dict]
 
 
-# Converting, splitting and tokenising ---------------------------------------------------------------
+# Converting and splitting ---------------------------------------------------------------------------
 
 
 def split_indices(count: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
@@ -58,15 +118,6 @@ def split_indices(count: int, validation_split: float, seed: int) -> tuple[list[
     return sorted(order[n_valid:]), sorted(order[:n_valid])
 
 
-def _examples(spec: DataSpec, loaded: LoadedRows) -> tuple[list[dict], list[dict]]:
-    """Every row converted (the first malformed one raises), split into train and valid."""
-    converted = _convert(loaded, spec.error_field)
-    if loaded.valid is not None:
-        return converted, _convert(loaded.valid, spec.error_field)
-    train_idx, valid_idx = split_indices(len(converted), spec.validation_split, spec.seed)
-    return [converted[i] for i in train_idx], [converted[i] for i in valid_idx]
-
-
 def _convert(loaded: LoadedRows, field: str) -> list[dict]:
     try:
         return convert_rows(loaded.rows, loaded.format, loaded.source, loaded.lines)
@@ -74,8 +125,17 @@ def _convert(loaded: LoadedRows, field: str) -> list[dict]:
         raise InputError(field, str(exc)) from None
 
 
-def _summary(spec: DataSpec, loaded: LoadedRows, train: list, valid: list) -> DatasetSummary:
-    return DatasetSummary(
+def prepare(spec: DataSpec, settings: Settings) -> Examples:
+    """Every row read and converted (the first malformed one raises, naming its file and line), split
+    into train and valid: a folder's own valid.jsonl, else `validation_split` of the rows."""
+    loaded = load_rows(spec, settings)
+    converted = _convert(loaded, spec.error_field)
+    if loaded.valid is not None:
+        train, valid = converted, _convert(loaded.valid, spec.error_field)
+    else:
+        train_idx, valid_idx = split_indices(len(converted), spec.validation_split, spec.seed)
+        train, valid = [converted[i] for i in train_idx], [converted[i] for i in valid_idx]
+    summary = DatasetSummary(
         rows=len(train) + len(valid),
         format=loaded.format,
         source=loaded.source,
@@ -83,13 +143,15 @@ def _summary(spec: DataSpec, loaded: LoadedRows, train: list, valid: list) -> Da
         valid_rows=len(valid),
         mask_prompt=spec.mask_prompt and loaded.format != "text",
     )
+    return Examples(train, valid, summary)
 
 
 def validate(spec: DataSpec, settings: Settings) -> DatasetSummary:
     """Load and convert every row, so that bad data fails at submission, not in the middle of training."""
-    loaded = load_rows(spec, settings)
-    train, valid = _examples(spec, loaded)
-    return _summary(spec, loaded, train, valid)
+    return prepare(spec, settings).summary
+
+
+# Tokenising -----------------------------------------------------------------------------------------
 
 
 class _Truncated:
@@ -124,27 +186,32 @@ def _mlx_dataset(examples: list[dict], fmt: str, tokenizer, mask_prompt: bool):
     return TextDataset(examples, tokenizer, text_key="text")
 
 
-def build(spec: DataSpec, tokenizer, settings: Settings) -> PreparedData:
+def tokenize(examples: Examples, spec: DataSpec, tokenizer) -> PreparedData:
     """Train and valid sets of (tokens, offset) items, tokenised lazily and cached (mlx-lm's CacheDataset).
 
     Items are cut to max_seq_length tokens. `valid` is None when no rows are held out.
     """
     from mlx_lm.tuner.datasets import CacheDataset
 
-    loaded = load_rows(spec, settings)
-    train, valid = _examples(spec, loaded)
-
-    def wrap(examples: list[dict]):
-        data = _mlx_dataset(examples, loaded.format, tokenizer, spec.mask_prompt)
+    def wrap(rows: list[dict]):
+        data = _mlx_dataset(rows, examples.summary.format, tokenizer, spec.mask_prompt)
         return CacheDataset(_Truncated(data, spec.max_seq_length))
 
     return PreparedData(
-        train=wrap(train),
-        valid=wrap(valid) if valid else None,
-        summary=_summary(spec, loaded, train, valid),
-        train_examples=train,
-        valid_examples=valid,
+        train=wrap(examples.train),
+        valid=wrap(examples.valid) if examples.valid else None,
+        summary=examples.summary,
+        train_examples=examples.train,
+        valid_examples=examples.valid,
     )
+
+
+def build(spec: DataSpec, tokenizer, settings: Settings) -> PreparedData:
+    """`prepare` then `tokenize`: the rows `spec` names as token items, in one call."""
+    return tokenize(prepare(spec, settings), spec, tokenizer)
+
+
+# Looking at the data --------------------------------------------------------------------------------
 
 
 def preview(spec: DataSpec, tokenizer, settings: Settings, n: int = 5) -> list[dict]:
