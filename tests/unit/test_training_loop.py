@@ -14,19 +14,15 @@ from workbench.data import prepare
 from workbench.models.resolver import ModelResolver
 from workbench.training.config import TrainingConfig
 from workbench.training.manager import JobManager
+from workbench.training.reporter import Reporter
 from workbench.training.run import TrainingRun
 from workbench.training.store import JobStore
 from workbench.training.worker import run_job
 
 
-class Collect:
+class Collect(Reporter):
     def __init__(self):
         self.steps, self.checkpoints = [], []
-
-    def phase(self, name, message): ...
-    def evaluation(self, step, metrics): ...
-    def note(self, message, data=None): ...
-    def policy(self, chosen): ...
 
     def step(self, step, total, metrics):
         self.steps.append((step, metrics))

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -27,6 +27,7 @@ from workbench.data import Examples, tokenize
 from workbench.errors import InputError
 from workbench.training import batching, checkpoint, fastmath, faults, losses, policy
 from workbench.training.config import TrainingConfig
+from workbench.training.reporter import Reporter
 
 _MB = 1024 * 1024
 
@@ -39,17 +40,6 @@ class LossNotFinite(RuntimeError):
                          f"weight_decay or lora_alpha, or set max_grad_norm); the last good checkpoint "
                          f"is kept and no adapter was published")
         self.step = step
-
-
-class Reporter(Protocol):
-    """Where a run tells its progress: the job store for workers, a progress bar for the CLI."""
-
-    def phase(self, name: str, message: str) -> None: ...
-    def step(self, step: int, total: int, metrics: dict) -> None: ...
-    def evaluation(self, step: int, metrics: dict) -> None: ...
-    def checkpoint(self, step: int, path: Path) -> None: ...
-    def note(self, message: str, data: dict | None = None) -> None: ...
-    def policy(self, chosen: dict) -> None: ...
 
 
 @dataclass

@@ -24,13 +24,14 @@ from workbench.settings import Settings
 from workbench.training.checkpoint import DiskFull
 from workbench.training.config import TrainingConfig
 from workbench.training.policy import current_backend, use_kernel_cache
+from workbench.training.reporter import Reporter
 from workbench.training.run import LossNotFinite, TrainingRun
 from workbench.training.store import JobStore
 
 log = logging.getLogger("workbench.worker")
 
 
-class StoreReporter:
+class StoreReporter(Reporter):
     """Writes a run's progress to the job store, where the service and notebooks read it."""
 
     def __init__(self, store: JobStore, job_id: str):
