@@ -1,4 +1,4 @@
-"""The training configuration: every field of the user's plan, plus what fine-tuners expect.
+"""The training configuration: what to train, on which rows, and how (the fields fine-tuners expect).
 
 One pydantic model validates the API's input, the command line's YAML and the notebooks' forms.
 Defaults run on the tiny local model in seconds.
