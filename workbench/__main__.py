@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
 from workbench.errors import InputError
+from workbench.training.reporter import Reporter
 
 
-class BarReporter:
+class BarReporter(Reporter):
     """Progress to the terminal, and to the job store like a worker's."""
 
     def __init__(self, store_reporter):

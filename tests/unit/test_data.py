@@ -11,12 +11,14 @@ import workbench  # noqa: F401  (before mlx)
 from workbench.data import (
     BadRow,
     DataSpec,
+    Examples,
     allowed_roots,
     alpaca_to_messages,
     build,
     chat_messages,
     detect_format,
     load_rows,
+    prepare,
     preview,
     sharegpt_to_messages,
     token_lengths,
@@ -223,6 +225,20 @@ def test_a_name_that_is_neither_sample_path_nor_id_is_refused(settings):
     with pytest.raises(InputError, match="not a shipped sample") as error:
         validate(DataSpec(dataset="not a dataset!"), settings)
     assert error.value.field == "dataset"
+
+
+# What a job keeps ------------------------------------------------------------------------------------
+
+
+def test_the_rows_a_job_keeps_in_its_run_folder_come_back_as_they_were(settings, tmp_path):
+    user_file(settings, "tools.jsonl", [{"messages": [{"role": "user", "content": "Ünïcode?"},
+                                                      {"role": "assistant", "content": "ja"}],
+                                         "tools": [{"name": "t", "parameters": {"n": 1}}]}] * 5)
+    for spec in (DataSpec(dataset="sharegpt", validation_split=0.2), DataSpec(dataset="x", dataset_path="tools.jsonl")):
+        examples = prepare(spec, settings)
+        assert examples.save(tmp_path / spec.dataset) == tmp_path / spec.dataset / "data"
+        assert Examples.load(tmp_path / spec.dataset) == examples
+    assert Examples.load(tmp_path / "a job from before") is None
 
 
 # Split and preview ------------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """Turns alpaca, sharegpt and custom data into chat messages and token batches with the model's chat template.
 
-    spec = DataSpec.from_config(config)
-    summary = validate(spec, settings)            # at submission: every row read and checked
-    data = build(spec, tokenizer, settings)       # data.train / data.valid: (tokens, offset) items
+    examples = prepare(config, settings)          # at submission: every row read, checked, converted, split
+    examples.save(run_dir)                        # kept with the job ...
+    data = tokenize(Examples.load(run_dir), config, tokenizer)  # ... which its worker tokenises
+    data = build(spec, tokenizer, settings)       # or both at once; data.train / data.valid: (tokens, offset)
     preview(spec, tokenizer, settings, n=5)       # what the model sees, masked tokens included
+
+spec.py: the data fields (a TrainingConfig is a DataSpec); sources.py: where rows come from;
+formats.py: row formats; prepare.py: converting, splitting, tokenising, previews.
 """
 
 from workbench.data.formats import (
@@ -21,21 +25,20 @@ from workbench.data.formats import (
     text_row,
     to_messages,
 )
-from workbench.data.loading import (
-    SAMPLES,
+from workbench.data.prepare import (
     DatasetSummary,
-    DataSpec,
-    LoadedRows,
+    Examples,
     PreparedData,
-    allowed_roots,
     build,
-    load_rows,
+    prepare,
     preview,
-    resolve_path,
     split_indices,
     token_lengths,
+    tokenize,
     validate,
 )
+from workbench.data.sources import SAMPLES, LoadedRows, allowed_roots, load_rows, resolve_path
+from workbench.data.spec import DataSpec
 
 __all__ = [
     "CHAT_FORMATS",
@@ -44,6 +47,7 @@ __all__ = [
     "BadRow",
     "DataSpec",
     "DatasetSummary",
+    "Examples",
     "LoadedRows",
     "MalformedRow",
     "PreparedData",
@@ -56,6 +60,7 @@ __all__ = [
     "convert_rows",
     "detect_format",
     "load_rows",
+    "prepare",
     "preview",
     "resolve_path",
     "sharegpt_to_messages",
@@ -63,5 +68,6 @@ __all__ = [
     "text_row",
     "to_messages",
     "token_lengths",
+    "tokenize",
     "validate",
 ]

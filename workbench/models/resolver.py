@@ -10,12 +10,12 @@ A name that resolves nowhere raises ModelNotFound, so callers can answer 4xx bef
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from workbench import hub
 from workbench.models.builder import builtin_names, builtin_spec, ensure_built
 from workbench.settings import Settings
 
@@ -81,7 +81,7 @@ class ModelResolver:
         cached = _from_hf_cache(target)
         if cached is not None:
             return ResolvedModel(name, cached, "hf-cache")
-        if self._hub_allowed():
+        if hub.offline_reason(self.settings, "model") is None:
             return self._from_hub(name, target)
         raise ModelNotFound(
             name,
@@ -89,22 +89,12 @@ class ModelResolver:
             "and hub downloads are off",
         )
 
-    def _hub_allowed(self) -> bool:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        return self.settings.hub_downloads and not offline
-
     def _from_hub(self, name: str, repo_id: str) -> ResolvedModel:
-        from huggingface_hub import model_info
-        from huggingface_hub.errors import RepositoryNotFoundError
-
-        try:
-            model_info(repo_id, timeout=self.settings.hub_timeout_s)
-        except RepositoryNotFoundError:
-            raise ModelNotFound(name, "no such repository on the Hugging Face hub") from None
-        except Exception as exc:  # no network shows up as httpx, OSError or HTTP errors alike
-            raise ModelNotFound(
-                name, f"not available locally and the hub could not be reached ({type(exc).__name__})"
-            ) from None
+        state, error = hub.lookup(repo_id, "model", self.settings.hub_timeout_s)
+        if state == "missing":
+            raise ModelNotFound(name, "no such repository on the Hugging Face hub")
+        if state == "unreachable":
+            raise ModelNotFound(name, f"not available locally and the hub could not be reached ({error})")
         return ResolvedModel(name, repo_id, "hub")
 
 

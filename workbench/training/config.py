@@ -1,4 +1,4 @@
-"""The training configuration: every field of the user's plan, plus what fine-tuners expect.
+"""The training configuration: what to train, on which rows, and how (the fields fine-tuners expect).
 
 One pydantic model validates the API's input, the command line's YAML and the notebooks' forms.
 Defaults run on the tiny local model in seconds.
@@ -11,28 +11,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workbench.data.spec import DatasetFormat, DataSpec  # noqa: F401  (DatasetFormat: the panels read it here)
+
 # Matched with fullmatch: `$` also matches before a trailing newline, which let "name\n" through.
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # The same, anchored, as a JSON schema states it (a schema's pattern matches anywhere otherwise).
 EXPERIMENT_NAME_PATTERN = f"^(?:{EXPERIMENT_NAME.pattern})$"
 LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
-# Bounds that keep every number inside what the worker hands to MLX (a seed is a uint64, a memory
-# limit a size_t of bytes): past them the worker died with `std::bad_cast` long after submission.
-MAX_SEED = 2**64 - 1
+# Bounds that keep every number inside what the worker hands to MLX (a memory limit is a size_t of
+# bytes, the seed a uint64: data/spec.py): past them the worker died with `std::bad_cast` long after
+# submission.
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_STEPS = 10_000_000
 
 TrainingType = Literal["sft", "lora", "qlora"]
-DatasetFormat = Literal["auto", "alpaca", "sharegpt", "chat", "completions", "text"]
 
 
-class TrainingConfig(BaseModel):
-    # Every float must be finite: an infinite weight_decay or lora_alpha trained a NaN model that
-    # was then served as "completed".
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class TrainingTarget(BaseModel):
+    """What to train: the first fields of a TrainingConfig. Pydantic orders inherited fields base
+    first, and that order is the API schema's and the notebook form's."""
 
-    # What to train ------------------------------------------------------------------------------
     experiment_name: str = Field(
         description="Unique name: letters, digits, . _ -; up to 64 characters.",
         # Published for clients generated from the schema; the validator below enforces it with a
@@ -46,29 +45,20 @@ class TrainingConfig(BaseModel):
         description="sft (all weights), lora, or qlora (LoRA over a 4-bit base)."
     )
 
-    # Data ---------------------------------------------------------------------------------------
-    dataset: str = Field(
-        min_length=1,
-        description="alpaca, sharegpt or custom (samples shipped with the workbench), or a Hugging Face "
-        "dataset id or folder loaded with `datasets` (local or cached).",
-    )
-    dataset_path: str | None = Field(
-        default=None,
-        description="Your own file or folder (.jsonl, .json, .csv, .parquet) under an allowed root.",
-    )
-    dataset_format: DatasetFormat = Field(default="auto", description="How rows are read; auto detects it.")
-    max_seq_length: int = Field(default=512, ge=16, le=131072, description="Longer samples are truncated.")
-    mask_prompt: bool = Field(default=True, description="Train on the answers only, not on the prompts.")
-    group_by_length: bool = Field(
-        default=True, description="Batch rows of similar token length together (less padding)."
-    )
-    packing: bool = Field(
-        default=False,
-        description="Pack several rows into each max_seq_length sequence, attention kept within each row.",
-    )
-    validation_split: float = Field(
-        default=0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation loss."
-    )
+    @field_validator("experiment_name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not EXPERIMENT_NAME.fullmatch(value):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+
+# What to train, then the data fields (DataSpec, workbench/data/spec.py), then the fields below. (No
+# docstring: it would become the schema's description.)
+class TrainingConfig(DataSpec, TrainingTarget):
+    # Every float must be finite: an infinite weight_decay or lora_alpha trained a NaN model that
+    # was then served as "completed".
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # Optimisation -------------------------------------------------------------------------------
     batch_size: int = Field(default=4, ge=1, le=1024)
@@ -92,7 +82,6 @@ class TrainingConfig(BaseModel):
         default=None, ge=0, le=MAX_MEMORY_MB,
         description="Most freed memory MLX keeps cached for reuse (mx.set_cache_limit).",
     )
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     fast_kernels: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="CPU only: the loss, SwiGLU and attention on the workbench's fast exp. auto measures "
@@ -124,13 +113,6 @@ class TrainingConfig(BaseModel):
     eval_prompts: int = Field(default=3, ge=1, le=50, description="Held-out prompts the judge scores.")
     save_every: int = Field(default=100, ge=1, le=MAX_STEPS,
                             description="Checkpoint every this many steps (and at stop).")
-
-    @field_validator("experiment_name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        if not EXPERIMENT_NAME.fullmatch(value):
-            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
 
     @field_validator("lora_targets")
     @classmethod

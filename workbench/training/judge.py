@@ -4,10 +4,15 @@ reference answers, from 0 to 10. The mean is recorded as the job's `judge_score`
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import mlx_lm
 
 from workbench.providers.params import GenerateParams
+
+if TYPE_CHECKING:
+    from workbench.data import Examples
+    from workbench.training.run import RunOutcome
 
 JUDGE_PROMPT = (
     "You grade answers. Question:\n{question}\n\nReference answer:\n{reference}\n\n"
@@ -34,8 +39,9 @@ def held_out(examples: list[dict], count: int) -> list[tuple[list[dict], str]]:
     return pairs
 
 
-def judge_run(run, config, settings, reporter) -> float | None:
-    """Score the just-trained model (`run.model`) with `config.eval_provider` as the judge."""
+def judge_run(outcome: RunOutcome, examples: Examples, config, settings, reporter) -> float | None:
+    """Score a completed run's model (`outcome.model`) on its held-out rows (else its training rows),
+    with `config.eval_provider` as the judge."""
     from workbench.models.resolver import ModelResolver
     from workbench.providers.litellm_bridge import route_litellm_logs
     from workbench.providers.local_mlx import LocalMLX
@@ -47,13 +53,13 @@ def judge_run(run, config, settings, reporter) -> float | None:
     route_litellm_logs(settings.log_level)
     redactor.install()
     router = ProviderRouter(settings, LocalMLX(settings, ModelResolver(settings)))
-    examples = run.data.valid_examples or run.data.train_examples
-    pairs = held_out(examples, config.eval_prompts)
-    run.model.eval()
+    pairs = held_out(examples.valid or examples.train, config.eval_prompts)
+    model, tokenizer = outcome.model, outcome.tokenizer
+    model.eval()
     scores = []
     for messages, reference in pairs:
-        prompt = run.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        answer = mlx_lm.generate(run.model, run.tokenizer, prompt, max_tokens=64)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        answer = mlx_lm.generate(model, tokenizer, prompt, max_tokens=64)
         question = messages[-1]["content"]
         try:
             verdict = router.complete(GenerateParams(
@@ -72,5 +78,5 @@ def judge_run(run, config, settings, reporter) -> float | None:
                       {"question": question, "answer": answer, "reference": reference,
                        "verdict": verdict.generated_text, "score": score})
     mean = sum(scores) / len(scores) if scores else None
-    reporter.evaluation(run.total, {"judge_score": mean})
+    reporter.evaluation(outcome.step, {"judge_score": mean})
     return mean

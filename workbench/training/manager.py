@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from workbench.data import DataSpec, validate
+from workbench.data import prepare
 from workbench.errors import InputError
 from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.settings import Settings
@@ -70,7 +70,7 @@ class JobManager:
         if config.eval_provider and not self.provider_configured(config.eval_provider):
             raise InputError("eval_provider", f"{config.eval_provider} is not configured: POST "
                              "/providers/configure first, or use local_mlx")
-        summary = validate(DataSpec.from_config(config), self.settings)
+        summary = (examples := prepare(config, self.settings)).summary  # kept with the job, for its worker
         if config.batch_size > summary.train_rows:
             raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
                              f"rows of {summary.source} (after validation_split {config.validation_split})")
@@ -84,6 +84,7 @@ class JobManager:
                 raise InputError("experiment_name", f"{name} is already {current['status']}", status=409)
             job = self.store.create(name, config.model_dump(), self.run_root(name), resolved.path,
                                     status="queued" if launch else "running", request_id=request_id)
+            examples.save(Path(job["run_dir"]))
             if launch:
                 self._schedule()
         return self.store.get(job["job_id"])

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,10 +23,11 @@ from mlx.utils import tree_map
 from mlx_lm.tuner.trainer import evaluate, grad_checkpoint
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
-from workbench.data import DataSpec, build
+from workbench.data import Examples, tokenize
 from workbench.errors import InputError
 from workbench.training import batching, checkpoint, fastmath, faults, losses, policy
 from workbench.training.config import TrainingConfig
+from workbench.training.reporter import Reporter
 
 _MB = 1024 * 1024
 
@@ -41,29 +42,25 @@ class LossNotFinite(RuntimeError):
         self.step = step
 
 
-class Reporter(Protocol):
-    """Where a run tells its progress: the job store for workers, a progress bar for the CLI."""
-
-    def phase(self, name: str, message: str) -> None: ...
-    def step(self, step: int, total: int, metrics: dict) -> None: ...
-    def evaluation(self, step: int, metrics: dict) -> None: ...
-    def checkpoint(self, step: int, path: Path) -> None: ...
-    def note(self, message: str, data: dict | None = None) -> None: ...
-    def policy(self, chosen: dict) -> None: ...
-
-
 @dataclass
 class RunOutcome:
     status: str  # "completed" or the stop reason ("stopped", "interrupted")
     step: int
-    adapter_path: Path | None
+    adapter_path: Path | None = None
+    # A completed run's trained model and its tokenizer, for a judge to question.
+    model: nn.Module | None = None
+    tokenizer: Any = None
 
 
 class TrainingRun:
-    def __init__(self, config: TrainingConfig, model_path: str, run_dir: Path, settings, reporter: Reporter,
-                 should_stop=lambda: None):
+    """`TrainingRun(config, model_path, examples, run_dir, settings, reporter).run()`: trains on the
+    rows `examples` holds (workbench.data.prepare), writes checkpoints and the adapter under `run_dir`."""
+
+    def __init__(self, config: TrainingConfig, model_path: str, examples: Examples, run_dir: Path, settings,
+                 reporter: Reporter, should_stop=lambda: None):
         self.config = config
         self.model_path = model_path
+        self.examples = examples
         self.run_dir = run_dir
         self.settings = settings
         self.reporter = reporter
@@ -174,7 +171,7 @@ class TrainingRun:
         self._calibrate(model)
 
         self.reporter.phase("loading_data", f"preparing {cfg.dataset_path or cfg.dataset}")
-        data = build(DataSpec.from_config(cfg), tokenizer, self.settings)
+        data = tokenize(self.examples, cfg, tokenizer)
         train, skipped = batching.trainable(data.train)
         if skipped:
             self.reporter.note(f"{skipped} of {len(data.train)} training rows are left out: their "
@@ -206,12 +203,11 @@ class TrainingRun:
                                    "on this CPU)", {"fast_kernels": swapped})
             step, stopped = self._train(model, optimizer, order, data, start, total)
         if stopped:
-            return RunOutcome(stopped, step, None)
+            return RunOutcome(stopped, step)
         self.reporter.phase("saving", "writing the final checkpoint and adapter")
-        self.reporter.checkpoint(step, self._save(model, optimizer, step))
+        self.reporter.checkpoint(step, self._save(model, optimizer, step, order))
         adapter = checkpoint.save_adapter(self.run_dir / "adapters", model, self.adapter_config(model))
-        self.model, self.tokenizer, self.data, self.total = model, tokenizer, data, total
-        return RunOutcome("completed", step, adapter)
+        return RunOutcome("completed", step, adapter, model, tokenizer)
 
     def _restore_randomness(self, saved: checkpoint.Checkpoint, train) -> batching.DataOrder:
         """The data order where the checkpoint left it, and dropout's generator as it was then."""
@@ -233,7 +229,6 @@ class TrainingRun:
         step done, and why it stopped short of `total` if it did."""
         cfg = self.config
         one_step = self._step_function(model, optimizer)
-        self.batches = batches
 
         self.reporter.phase("training", f"training steps {start + 1} to {total}")
         model.train()
@@ -242,7 +237,7 @@ class TrainingRun:
         while step < total:
             reason = self.should_stop()
             if reason:
-                path = self._save(model, optimizer, step)
+                path = self._save(model, optimizer, step, batches)
                 self.reporter.checkpoint(step, path)
                 return step, reason
             loss, tokens, elapsed, counts = one_step(batches)
@@ -273,7 +268,7 @@ class TrainingRun:
                 if step < total:
                     self.reporter.phase("training", f"training steps {step + 1} to {total}")
             if step % cfg.save_every == 0 and step < total:
-                self.reporter.checkpoint(step, self._save(model, optimizer, step))
+                self.reporter.checkpoint(step, self._save(model, optimizer, step, batches))
         return step, None
 
     def _step_function(self, model, optimizer):
@@ -317,7 +312,7 @@ class TrainingRun:
 
         return one_step
 
-    def _save(self, model, optimizer, step: int) -> Path:
+    def _save(self, model, optimizer, step: int, order: batching.DataOrder) -> Path:
         """A checkpoint holding every source of randomness beside the weights and optimizer state:
         the data order's position and dropout's `mx.random` key (validation draws depend on the
         seed and the step only), so a resumed run repeats the uninterrupted one's losses."""
@@ -326,7 +321,7 @@ class TrainingRun:
         key = [int(k) for k in mx.random.state[0].tolist()]
         return checkpoint.save(self.run_dir / "checkpoints", step, model, optimizer,
                                {"seed": self.config.seed, "batches_used": batches_used,
-                                "data_order": self.batches.position(), "random_key": key})
+                                "data_order": order.position(), "random_key": key})
 
 
 def lora_keys(model: nn.Module, targets: list[str]) -> list[str]:

@@ -1,8 +1,9 @@
 """A training job's own process: `python -m workbench.training.worker JOB_ID`.
 
-It reads the job from the store, runs it, and writes phases, step metrics, checkpoints and the final
-state back. SIGTERM stops it cleanly (checkpoint, then `stopped`); if the service that started it
-dies, it checkpoints and ends as `interrupted`, so a restarted service can resume it.
+It reads the job from the store and the rows its submission kept in the run folder, runs it, and
+writes phases, step metrics, checkpoints and the final state back. SIGTERM stops it cleanly
+(checkpoint, then `stopped`); if the service that started it dies, it checkpoints and ends as
+`interrupted`, so a restarted service can resume it.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ import traceback
 from pathlib import Path
 
 import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
+from workbench.data import Examples, prepare
 from workbench.errors import InputError
 from workbench.settings import Settings
 from workbench.training.checkpoint import DiskFull
 from workbench.training.config import TrainingConfig
 from workbench.training.policy import current_backend, use_kernel_cache
+from workbench.training.reporter import Reporter
 from workbench.training.run import LossNotFinite, TrainingRun
 from workbench.training.store import JobStore
 
 log = logging.getLogger("workbench.worker")
 
 
-class StoreReporter:
+class StoreReporter(Reporter):
     """Writes a run's progress to the job store, where the service and notebooks read it."""
 
     def __init__(self, store: JobStore, job_id: str):
@@ -93,8 +96,11 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
                  backend=current_backend())
     store.set_status(job_id, "running", f"worker {os.getpid()} started", phase="starting")
     reporter = reporter or StoreReporter(store, job_id)
-    run = TrainingRun(config, job["model_path"], Path(job["run_dir"]), settings, reporter, stop)
+    run_dir = Path(job["run_dir"])
     try:
+        # A job submitted before jobs kept their rows reads its source here.
+        examples = Examples.load(run_dir) or prepare(config, settings)
+        run = TrainingRun(config, job["model_path"], examples, run_dir, settings, reporter, stop)
         outcome = run.run(resume=job["resume"])
         if outcome.status != "completed":
             store.set_status(job_id, outcome.status, f"{outcome.status} at step {outcome.step}; resumable",
@@ -104,7 +110,7 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
             from workbench.training.judge import judge_run
 
             store.update(job_id, phase="evaluating")
-            judge_run(run, config, settings, reporter)
+            judge_run(outcome, examples, config, settings, reporter)
         store.set_status(job_id, "completed", f"completed {outcome.step} steps", phase="completed",
                          adapter_path=str(outcome.adapter_path))
         return "completed"

@@ -1,6 +1,4 @@
-"""From a training configuration's data fields to token batches mlx-lm's trainer takes.
-
-Where the rows come from (`load_rows`):
+"""Where a job's rows come from (`load_rows`): shipped samples, user files and folders, hub datasets.
 
 * `dataset_path` set: it is your own data, a file (.jsonl, .json, .csv, .parquet) or a folder, and
   `dataset` then only hints at the format: `alpaca` or `sharegpt` read the rows in that format,
@@ -16,10 +14,10 @@ Where the rows come from (`load_rows`):
 * else `dataset` is a path (absolute, starting with `.` or `~`, or an existing name under
   `<home>/datasets`): read as `dataset_path` would be, under the same allowed roots;
 * else `dataset` is a Hugging Face dataset id, loaded with `datasets.load_dataset(id, split="train")`.
-  Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or `settings.hub_downloads` off) only the local
-  datasets cache is read. Otherwise one quick hub lookup (`settings.hub_timeout_s`) comes first: a
-  missing dataset fails at once, and when the hub cannot be reached the cache alone is read, so that
-  no network retries hold a job submission for long.
+  When the hub is off (workbench/hub.py: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or
+  `settings.hub_downloads` off) only the local datasets cache is read. Otherwise one quick hub lookup
+  comes first: a missing dataset fails at once, and when the hub cannot be reached the cache alone is
+  read, so that no network retries hold a job submission for long.
 
 JSON-lines files are read line by line here (not through `datasets`), so that a broken line is named
 by its number; .json, .csv and .parquet files go through `datasets`' builders (CSV columns as text).
@@ -31,66 +29,25 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import re
 import stat
-import threading
 from collections.abc import Iterable
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from workbench.data.formats import (
-    CHAT_FORMATS,
-    FORMATS,
-    BadRow,
-    MalformedRow,
-    convert_rows,
-    detect_format,
-    locate,
-    to_messages,
-)
+from workbench import hub
+from workbench.data.formats import BadRow, detect_format, locate
+from workbench.data.spec import DataSpec
 from workbench.errors import InputError
 from workbench.settings import Settings
-
-if TYPE_CHECKING:
-    from mlx_lm.tuner.datasets import CacheDataset
-
-    from workbench.training.config import TrainingConfig
 
 SAMPLES = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "chat"}  # shipped name → its format
 PATH_HINTS = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "auto"}  # `dataset` beside a path
 BUILDERS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}  # read through `datasets`
 SUFFIXES = (".jsonl", *BUILDERS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_TRUE = {"1", "true", "yes", "on"}
-
-
-# What the caller gives and gets ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """The data fields of a TrainingConfig (same names, same defaults)."""
-
-    dataset: str
-    dataset_path: str | None = None
-    dataset_format: str = "auto"
-    max_seq_length: int = 512
-    mask_prompt: bool = True
-    validation_split: float = 0.1
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, config: TrainingConfig) -> DataSpec:
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
-
-    @property
-    def field(self) -> str:
-        """The input field errors name: dataset_path when set, else dataset."""
-        return "dataset_path" if self.dataset_path else "dataset"
 
 
 @dataclass(frozen=True)
@@ -100,31 +57,6 @@ class LoadedRows:
     source: str  # what errors and summaries name: a file, a folder, a sample or a hub id
     lines: list[int] | None = None  # 1-based line of each row, for JSON-lines files
     valid: LoadedRows | None = None  # a folder's own valid.jsonl
-
-
-@dataclass(frozen=True)
-class DatasetSummary:
-    rows: int
-    format: str
-    source: str
-    train_rows: int
-    valid_rows: int
-    mask_prompt: bool = True  # whether prompts are masked in effect (never for text rows)
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """mlx-lm datasets whose items are (tokens, offset), ready for `iterate_batches`.
-
-    `train_examples` and `valid_examples` are the converted rows behind them ({"messages"},
-    {"prompt", "completion"} or {"text"}), e.g. for held-out prompts a judge scores.
-    """
-
-    train: CacheDataset
-    valid: CacheDataset | None
-    summary: DatasetSummary
-    train_examples: list[dict]
-    valid_examples: list[dict]
 
 
 # Where data may be read from ------------------------------------------------------------------------
@@ -172,8 +104,6 @@ def resolve_path(raw: str, settings: Settings, field: str = "dataset_path") -> P
 
 def load_rows(spec: DataSpec, settings: Settings) -> LoadedRows:
     """The rows `spec` names, read but not converted, with their format (see the module's docstring)."""
-    if spec.dataset_format != "auto" and spec.dataset_format not in FORMATS:
-        raise InputError("dataset_format", f"unknown format {spec.dataset_format!r}; use auto or {FORMATS}")
     if spec.dataset_path:
         hint = PATH_HINTS.get(spec.dataset, "auto")
         fmt = spec.dataset_format if spec.dataset_format != "auto" else hint
@@ -317,24 +247,15 @@ def _finish(
 
 # Hugging Face datasets ------------------------------------------------------------------------------
 
-_OFFLINE_LOCK = threading.Lock()
-
-
-def _offline_by_env() -> bool:
-    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
-
 
 def _load_hub(name: str, fmt: str, settings: Settings) -> LoadedRows:
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
-    if _offline_by_env():
-        offline, why = True, "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-    elif not settings.hub_downloads:
-        offline, why = True, "hub downloads are off (WORKBENCH_HUB_DOWNLOADS)"
-    else:
-        state = _hub_lookup(name, settings.hub_timeout_s)
+    why = hub.offline_reason(settings, "dataset")
+    offline = why is not None
+    if not offline:
+        state, _ = hub.lookup(name, "dataset", settings.hub_timeout_s)
         if state == "missing":
             raise InputError(
                 "dataset",
@@ -342,7 +263,7 @@ def _load_hub(name: str, fmt: str, settings: Settings) -> LoadedRows:
             )
         offline, why = state == "unreachable", "the Hugging Face hub could not be reached"
     try:
-        with _forced_offline(offline):
+        with hub.datasets_offline(offline):
             loaded = datasets.load_dataset(name, split="train")
     except DatasetNotFoundError:
         raise InputError("dataset", f"{name!r}: no such dataset on the Hugging Face hub") from None
@@ -357,184 +278,6 @@ def _load_hub(name: str, fmt: str, settings: Settings) -> LoadedRows:
     return _finish(loaded.to_list(), fmt, f"Hugging Face dataset {name}", "dataset")
 
 
-def _hub_lookup(name: str, timeout: float) -> str:
-    """'found', 'missing' or 'unreachable', after one request of at most `timeout` seconds."""
-    from huggingface_hub import dataset_info
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        dataset_info(name, timeout=timeout)
-    except RepositoryNotFoundError:
-        return "missing"
-    except Exception:  # no network shows up as httpx, OSError or HTTP errors alike
-        return "unreachable"
-    return "found"
-
-
-@contextmanager
-def _forced_offline(on: bool):
-    """`datasets` in offline mode for one load, when the environment has not set it already.
-
-    Only used when the hub cannot be reached or hub downloads are off, so other threads' hub requests
-    meanwhile would not have succeeded anyway.
-    """
-    if not on:
-        yield
-        return
-    from datasets import config
-
-    with _OFFLINE_LOCK:
-        saved = config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE
-        config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = True
-        try:
-            yield
-        finally:
-            config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE = saved
-
-
 def _brief(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# Converting, splitting and tokenising ---------------------------------------------------------------
-
-
-def split_indices(count: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
-    """Row numbers for train and valid: a seeded shuffle, at least one train row, each part in order.
-
-    Valid is empty when the split is 0 or there are fewer than 2 rows, else holds
-    round(count * validation_split) rows, at least 1.
-    """
-    if validation_split <= 0 or count < 2:
-        return list(range(count)), []
-    n_valid = min(count - 1, max(1, round(count * validation_split)))
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    return sorted(order[n_valid:]), sorted(order[:n_valid])
-
-
-def _examples(spec: DataSpec, loaded: LoadedRows) -> tuple[list[dict], list[dict]]:
-    """Every row converted (the first malformed one raises), split into train and valid."""
-    converted = _convert(loaded, spec.field)
-    if loaded.valid is not None:
-        return converted, _convert(loaded.valid, spec.field)
-    train_idx, valid_idx = split_indices(len(converted), spec.validation_split, spec.seed)
-    return [converted[i] for i in train_idx], [converted[i] for i in valid_idx]
-
-
-def _convert(loaded: LoadedRows, field: str) -> list[dict]:
-    try:
-        return convert_rows(loaded.rows, loaded.format, loaded.source, loaded.lines)
-    except MalformedRow as exc:
-        raise InputError(field, str(exc)) from None
-
-
-def _summary(spec: DataSpec, loaded: LoadedRows, train: list, valid: list) -> DatasetSummary:
-    return DatasetSummary(
-        rows=len(train) + len(valid),
-        format=loaded.format,
-        source=loaded.source,
-        train_rows=len(train),
-        valid_rows=len(valid),
-        mask_prompt=spec.mask_prompt and loaded.format != "text",
-    )
-
-
-def validate(spec: DataSpec, settings: Settings) -> DatasetSummary:
-    """Load and convert every row, so that bad data fails at submission, not in the middle of training."""
-    loaded = load_rows(spec, settings)
-    train, valid = _examples(spec, loaded)
-    return _summary(spec, loaded, train, valid)
-
-
-class _Truncated:
-    """An mlx-lm dataset whose items are cut to max_seq_length tokens (offset included)."""
-
-    def __init__(self, data, max_seq_length: int):
-        self._data = data
-        self.max_seq_length = max_seq_length
-
-    def process(self, row):
-        tokens, offset = self._data.process(row)
-        return tokens[: self.max_seq_length], min(offset, self.max_seq_length)
-
-    def __getitem__(self, idx: int):
-        return self._data[idx]
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-def _mlx_dataset(examples: list[dict], fmt: str, tokenizer, mask_prompt: bool):
-    """mlx-lm's own dataset class for the format; it applies the chat template and the prompt mask.
-
-    Text rows have no prompt: they are trained on whole (mask_prompt does not apply).
-    """
-    from mlx_lm.tuner.datasets import ChatDataset, CompletionsDataset, TextDataset
-
-    if fmt in CHAT_FORMATS:
-        return ChatDataset(examples, tokenizer, chat_key="messages", mask_prompt=mask_prompt)
-    if fmt == "completions":
-        return CompletionsDataset(examples, tokenizer, "prompt", "completion", mask_prompt)
-    return TextDataset(examples, tokenizer, text_key="text")
-
-
-def build(spec: DataSpec, tokenizer, settings: Settings) -> PreparedData:
-    """Train and valid sets of (tokens, offset) items, tokenised lazily and cached (mlx-lm's CacheDataset).
-
-    Items are cut to max_seq_length tokens. `valid` is None when no rows are held out.
-    """
-    from mlx_lm.tuner.datasets import CacheDataset
-
-    loaded = load_rows(spec, settings)
-    train, valid = _examples(spec, loaded)
-
-    def wrap(examples: list[dict]):
-        data = _mlx_dataset(examples, loaded.format, tokenizer, spec.mask_prompt)
-        return CacheDataset(_Truncated(data, spec.max_seq_length))
-
-    return PreparedData(
-        train=wrap(train),
-        valid=wrap(valid) if valid else None,
-        summary=_summary(spec, loaded, train, valid),
-        train_examples=train,
-        valid_examples=valid,
-    )
-
-
-def preview(spec: DataSpec, tokenizer, settings: Settings, n: int = 5) -> list[dict]:
-    """The first n rows as the model sees them.
-
-    Each: messages (None for text rows), text (the tokens kept, decoded: the chat template applied),
-    trained_text (the part the loss is computed on), tokens (before truncation), masked_tokens (prompt
-    tokens the loss skips: the offset), truncated (longer than max_seq_length).
-    """
-    loaded = load_rows(spec, settings)
-    head = LoadedRows(loaded.rows[:n], loaded.format, loaded.source, loaded.lines and loaded.lines[:n])
-    examples = _convert(head, spec.field)
-    data = _mlx_dataset(examples, loaded.format, tokenizer, spec.mask_prompt)
-    out = []
-    for row, example in zip(head.rows, examples):
-        tokens, offset = data.process(example)
-        kept = tokens[: spec.max_seq_length]
-        masked = min(offset, len(kept))
-        out.append({
-            "messages": to_messages(row, loaded.format),
-            "text": tokenizer.decode(kept),
-            "trained_text": tokenizer.decode(kept[masked:]),
-            "tokens": len(tokens),
-            "masked_tokens": masked,
-            "truncated": len(tokens) > spec.max_seq_length,
-        })
-    return out
-
-
-def token_lengths(spec: DataSpec, tokenizer, settings: Settings) -> list[int]:
-    """Tokens in every row (in file order, before truncation), e.g. for a histogram."""
-    loaded = load_rows(spec, settings)
-    examples = _convert(loaded, spec.field)
-    if loaded.valid is not None:
-        examples += _convert(loaded.valid, spec.field)
-    data = _mlx_dataset(examples, loaded.format, tokenizer, mask_prompt=False)
-    return [len(data.process(example)[0]) for example in examples]
