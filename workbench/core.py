@@ -20,7 +20,6 @@ from workbench.readiness import Readiness
 from workbench.settings import Settings
 from workbench.system import health as system_health
 from workbench.system import memory_usage
-from workbench.training.config import TrainingConfig
 from workbench.training.manager import JobManager
 from workbench.training.policy import use_kernel_cache
 from workbench.training.store import JobStore
@@ -35,7 +34,8 @@ class Workbench:
         use_kernel_cache(self.settings.home_dir)
         # Checked at start: a damaged database is moved aside (kept) and reported, never reused.
         self.store = JobStore(self.settings.home_dir / "workbench.db", check=True)
-        self.resolver = ModelResolver(self.settings, experiments=self._trained)
+        # Experiments resolve through the store (read once per adapter) and their adapter_config.json.
+        self.resolver = ModelResolver(self.settings, jobs=self.store)
         self.local = LocalMLX(self.settings, self.resolver)
         self.router = ProviderRouter(self.settings, self.local)
         self.jobs = JobManager(self.settings, self.resolver, self.store, manage=manage_jobs,
@@ -76,14 +76,6 @@ class Workbench:
             report["problems"].append(f"{failure['what']} could not be loaded: {failure['error']}")
             report["status"] = "degraded"
         return report | readiness
-
-    def _trained(self, name: str) -> dict | None:
-        job = self.store.latest_completed(name)
-        if job is None:
-            return None
-        bits = TrainingConfig(**job["config"]).quantization_bits
-        return {"model_path": job["model_path"], "adapter_path": job["adapter_path"],
-                "quantization_bits": bits}
 
     def fuse(self, experiment_name: str) -> Path:
         """Merge an experiment's adapter into its base; answers the new model folder."""
