@@ -50,6 +50,7 @@ class Jobs:
 
     def __init__(self):
         self.completed: dict[str, dict] = {}
+        self.newest: dict[str, dict] = {}
         self.reads = 0
 
     def latest_completed(self, name):
@@ -57,7 +58,7 @@ class Jobs:
         return self.completed.get(name)
 
     def latest(self, name):
-        return self.completed.get(name)
+        return self.newest.get(name) or self.completed.get(name)
 
 
 def job(name: str, job_id: str, run_dir: Path, base: str) -> dict:
@@ -160,15 +161,41 @@ def test_an_experiment_is_read_from_the_store_once_until_a_newer_job_publishes(s
         assert not resolver.adapter_changed(first)
     assert jobs.reads == 1
 
-    # A newer job: it publishes its adapter, then completes.
+    # A newer job publishes its adapter, and is scored by its judge before it completes: until then
+    # the completed one is served, and the store asked each time (its completion changes no file).
     train_adapter(runs / "job-2" / "adapters", base)
-    jobs.completed["exp"] = job("exp", "job-2", runs / "job-2", base)
+    jobs.newest["exp"] = job("exp", "job-2", runs / "job-2", base) | {"status": "running"}
+    assert resolver.resolve("exp") == first and resolver.resolve("exp") == first
+    assert jobs.reads == 3
+    jobs.completed["exp"] = jobs.newest.pop("exp") | {"status": "completed"}
     assert resolver.adapter_changed(first)
     second = resolver.resolve("exp")
     assert second.adapter_path == str(runs / "job-2" / "adapters")
-    assert resolver.resolve("exp") == second and jobs.reads == 2
+    assert resolver.resolve("exp") == second and jobs.reads == 4
 
     shutil.rmtree(runs / "job-2" / "adapters")
     assert resolver.adapter_changed(second)
     with pytest.raises(ModelNotFound, match="adapter folder .* is gone"):
         resolver.resolve("exp")
+
+
+def test_a_served_experiment_is_loaded_again_once_trained_again(settings, models_dir, tmp_path):
+    from workbench.providers.local_mlx import LocalMLX
+
+    base = f"{models_dir}/tiny"
+    runs = tmp_path / "runs" / "exp"
+    train_adapter(runs / "job-1" / "adapters", base)
+    jobs = Jobs()
+    jobs.completed["exp"] = job("exp", "job-1", runs / "job-1", base)
+    local = LocalMLX(settings, ModelResolver(settings, jobs=jobs))
+    try:
+        first = local.model("exp")
+        assert all(local.model("exp") is first for _ in range(5)) and jobs.reads == 1
+
+        train_adapter(runs / "job-2" / "adapters", base)
+        jobs.completed["exp"] = job("exp", "job-2", runs / "job-2", base)
+        second = local.model("exp")
+        assert second is not first and second.resolved.adapter_path == str(runs / "job-2" / "adapters")
+        assert local.model("exp") is second
+    finally:
+        local.close()
