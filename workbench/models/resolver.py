@@ -52,7 +52,7 @@ class ModelResolver:
         """Names that resolve without a network: registered names and aliases."""
         return builtin_names() + sorted(self.settings.model_aliases)
 
-    def resolve(self, name: str, _depth: int = 0) -> ResolvedModel:
+    def resolve(self, name: str, *, _depth: int = 0) -> ResolvedModel:
         target = self._unaliased(name)
         spec = builtin_spec(target)
         if spec is not None:
@@ -114,7 +114,7 @@ class ModelResolver:
         if depth < 3:  # a base named by an experiment of an experiment ...: a bound, not a loop
             for other in dict.fromkeys(n for n in (adapter.model_name, folder) if n):
                 try:
-                    return self.resolve(other, depth + 1).path
+                    return self.resolve(other, _depth=depth + 1).path
                 except ModelNotFound:
                     continue
         raise ModelNotFound(name, f"the base model of adapter {adapter.path} ({folder or 'not named'}, "
