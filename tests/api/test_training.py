@@ -80,6 +80,18 @@ def test_valid_training_configs_each_run_to_completion(svc):
         assert done["current_step"] == 5 and done["training_type"] == config["training_type"]
 
 
+def test_every_kind_of_adapter_describes_itself_and_serves(svc):
+    quantized = {"bits": 4, "group_size": 64, "mode": "affine"}  # QLoRA quantized the full-precision base
+    for name, fine_tune_type, quantization in [("sft_alpaca_test", "full", None), ("lora_test", "lora", None),
+                                               ("qlora_test", "lora", quantized)]:
+        done = svc.get(f"/train/{name}/status").json()
+        config = json.loads(open(os.path.join(done["adapter_path"], "adapter_config.json")).read())
+        assert config["fine_tune_type"] == fine_tune_type and config["quantization"] == quantization
+        assert config["base_model"] == done["model_path"] and config["model_name"] == MODEL
+        answer = svc.post("/generate", json={"model": name, "prompt": "Hi", "max_tokens": 2})
+        assert answer.status_code == 200, answer.text
+
+
 @pytest.mark.parametrize("config, field", [
     ({"experiment_name": "missing_fields"}, "training_type"),
     ({"experiment_name": "invalid_type", "training_type": "invalid_type", "dataset": "alpaca"}, "training_type"),
