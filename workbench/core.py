@@ -12,7 +12,7 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.errors import InputError
-from workbench.models.resolver import ModelResolver
+from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.providers.local_mlx import GenerationResult, LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderRouter, ProviderStream
@@ -89,7 +89,11 @@ class Workbench:
         if not all((adapter / name).is_file() for name in ("adapters.safetensors", "adapter_config.json")):
             raise InputError("experiment_name", f"{experiment_name}'s adapter folder {adapter} is gone or "
                              "incomplete; train the experiment again to fuse it", status=409)
-        return fuse_adapter(self.resolver.resolve(experiment_name), Path(job["run_dir"]) / "fused")
+        try:  # the adapter folder itself: an experiment's name could be shadowed by a registered one
+            resolved = self.resolver.resolve(str(adapter))
+        except ModelNotFound as exc:
+            raise InputError("experiment_name", exc.reason, status=409) from None
+        return fuse_adapter(resolved, Path(job["run_dir"]) / "fused")
 
     def providers(self) -> dict[str, dict]:
         return self.router.listing()
