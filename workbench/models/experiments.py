@@ -19,7 +19,7 @@ from typing import Protocol
 
 from workbench.models.adapters import CONFIG, Adapter, read_adapter
 
-_ACTIVE = ("queued", "running")
+_ACTIVE = ("queued", "running")  # the store's active states (models/ does not import training/)
 
 
 class JobRecords(Protocol):
@@ -41,7 +41,6 @@ class ExperimentAdapters:
         self.jobs = jobs
         self._known: dict[str, _Known] = {}
         self._lock = threading.Lock()
-        self.store_reads = 0  # how often the store was asked (what the cache saves is visible)
 
     def adapter(self, name: str) -> Adapter | None:
         """The adapter `name` serves, or None where `name` is no experiment with a completed job.
@@ -53,7 +52,6 @@ class ExperimentAdapters:
             if known is not None and _published(Path(known.adapter.path)) == known.published:
                 return known.adapter
             self._known.pop(name, None)
-            self.store_reads += 1
             job = self.jobs.latest_completed(name)
             if job is None:
                 return None
@@ -65,11 +63,16 @@ class ExperimentAdapters:
             return adapter
 
     def _finishing(self, name: str, completed: dict, folder_name: str) -> bool:
-        """A newer job that has published its adapter but not yet completed (its judge is scoring it):
-        the store is asked again next time, as its completion changes nothing on disk."""
+        """Whether a newer job may complete without changing the adapters on disk from here on: it
+        has published its adapter and not yet completed (its judge is scoring it), or it completed
+        since the store was read. Then the store is asked again next time. (Read after the adapters
+        were listed, so an adapter published later shows as a change.)"""
         newest = self.jobs.latest(name)
-        return (newest is not None and newest["job_id"] != completed["job_id"]
-                and newest["status"] in _ACTIVE and (Path(newest["run_dir"]) / folder_name / CONFIG).exists())
+        if newest is None or newest["job_id"] == completed["job_id"]:
+            return False
+        if newest["status"] == "completed":
+            return True
+        return newest["status"] in _ACTIVE and (Path(newest["run_dir"]) / folder_name / CONFIG).exists()
 
 
 def _published(adapter_folder: Path) -> frozenset:
