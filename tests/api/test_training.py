@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import time
 
@@ -295,6 +296,17 @@ def test_what_was_trained_can_be_served_and_fused(svc):
     assert model.layers[0].self_attn.q_proj.__class__.__name__ == "Linear"
     same = svc.post("/generate", json=ask | {"model": folder}).json()
     assert same["generated_text"] == tuned.json()["generated_text"]
+
+
+def test_an_adapter_folder_copied_elsewhere_is_served_by_its_path(svc):
+    ask = {"messages": [{"role": "user", "content": "Add the two numbers.\n\n12 and 30"}],
+           "max_tokens": 12, "temperature": 0}
+    tuned = svc.post("/generate", json=ask | {"model": "loss_falls"}).json()
+    copy = shutil.copytree(svc.get("/train/loss_falls/status").json()["adapter_path"], svc.home / "shared-adapter")
+    served = svc.post("/generate", json=ask | {"model": str(copy)})
+    assert served.status_code == 200, served.text
+    assert served.json()["generated_text"] == tuned["generated_text"]
+    assert served.json()["model_path"].endswith("/tiny")  # the base its adapter_config.json names
 
 
 def test_a_job_reports_how_it_computes_and_its_useful_and_raw_throughput(svc):
