@@ -17,7 +17,7 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.errors import InputError
-from workbench.models.resolver import ModelResolver
+from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.providers.local_mlx import LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import ProviderRouter, ProviderStream
@@ -60,7 +60,8 @@ class Workbench:
         use_kernel_cache(self.settings.home_dir)
         # Checked at start: a damaged database is moved aside (kept) and reported, never reused.
         self.store = JobStore(self.settings.home_dir / "workbench.db", check=True)
-        self.resolver = ModelResolver(self.settings, experiments=self._trained)
+        # Experiments resolve through the store (read once per adapter) and their adapter_config.json.
+        self.resolver = ModelResolver(self.settings, jobs=self.store)
         self.local = LocalMLX(self.settings, self.resolver)
         self.router = ProviderRouter(self.settings, self.local)
         self.jobs = JobManager(self.settings, self.resolver, self.store, manage=manage_jobs,
@@ -103,14 +104,6 @@ class Workbench:
             report["problems"].append(f"{failure['what']} could not be loaded: {failure['error']}")
             report["status"] = "degraded"
         return HealthResponse(**report, **readiness)
-
-    def _trained(self, name: str) -> dict | None:
-        job = self.store.latest_completed(name)
-        if job is None:
-            return None
-        bits = TrainingConfig(**job["config"]).quantization_bits
-        return {"model_path": job["model_path"], "adapter_path": job["adapter_path"],
-                "quantization_bits": bits}
 
     # Training jobs ------------------------------------------------------------------------------
 
@@ -178,7 +171,11 @@ class Workbench:
         if not all((adapter / name).is_file() for name in ("adapters.safetensors", "adapter_config.json")):
             raise InputError("experiment_name", f"{experiment_name}'s adapter folder {adapter} is gone or "
                              "incomplete; train the experiment again to fuse it", status=409)
-        path = fuse_adapter(self.resolver.resolve(experiment_name), Path(job["run_dir"]) / "fused")
+        try:  # the adapter folder itself: an experiment's name could be shadowed by a registered one
+            resolved = self.resolver.resolve(str(adapter))
+        except ModelNotFound as exc:
+            raise InputError("experiment_name", exc.reason, status=409) from None
+        path = fuse_adapter(resolved, Path(job["run_dir"]) / "fused")
         return FuseResponse(experiment_name=experiment_name, path=str(path))
 
     def preview_dataset(self, request: PreviewRequest) -> DatasetPreview:

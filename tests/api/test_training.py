@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import time
 
@@ -78,6 +79,18 @@ def test_valid_training_configs_each_run_to_completion(svc):
         done = wait_for(svc, config["experiment_name"])
         assert done["status"] == "completed", done["error"]
         assert done["current_step"] == 5 and done["training_type"] == config["training_type"]
+
+
+def test_every_kind_of_adapter_describes_itself_and_serves(svc):
+    quantized = {"bits": 4, "group_size": 64, "mode": "affine"}  # QLoRA quantized the full-precision base
+    for name, fine_tune_type, quantization in [("sft_alpaca_test", "full", None), ("lora_test", "lora", None),
+                                               ("qlora_test", "lora", quantized)]:
+        done = svc.get(f"/train/{name}/status").json()
+        config = json.loads(open(os.path.join(done["adapter_path"], "adapter_config.json")).read())
+        assert config["fine_tune_type"] == fine_tune_type and config["quantization"] == quantization
+        assert config["base_model"] == done["model_path"] and config["model_name"] == MODEL
+        answer = svc.post("/generate", json={"model": name, "prompt": "Hi", "max_tokens": 2})
+        assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.parametrize("config, field", [
@@ -283,6 +296,17 @@ def test_what_was_trained_can_be_served_and_fused(svc):
     assert model.layers[0].self_attn.q_proj.__class__.__name__ == "Linear"
     same = svc.post("/generate", json=ask | {"model": folder}).json()
     assert same["generated_text"] == tuned.json()["generated_text"]
+
+
+def test_an_adapter_folder_copied_elsewhere_is_served_by_its_path(svc):
+    ask = {"messages": [{"role": "user", "content": "Add the two numbers.\n\n12 and 30"}],
+           "max_tokens": 12, "temperature": 0}
+    tuned = svc.post("/generate", json=ask | {"model": "loss_falls"}).json()
+    copy = shutil.copytree(svc.get("/train/loss_falls/status").json()["adapter_path"], svc.home / "shared-adapter")
+    served = svc.post("/generate", json=ask | {"model": str(copy)})
+    assert served.status_code == 200, served.text
+    assert served.json()["generated_text"] == tuned["generated_text"]
+    assert served.json()["model_path"].endswith("/tiny")  # the base its adapter_config.json names
 
 
 def test_a_job_reports_how_it_computes_and_its_useful_and_raw_throughput(svc):

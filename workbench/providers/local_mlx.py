@@ -7,9 +7,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import mlx_lm
-
 from workbench.errors import Busy, InputError
+from workbench.models.loading import load_resolved
 from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
 from workbench.providers.engine import EngineFull, GenerationRequest, GenerationStream, LocalEngine
 from workbench.providers.params import BatchGenerateParams, GenerateParams, SamplingParams
@@ -64,25 +63,6 @@ class PreparedRequest:
         )
 
 
-def load_resolved(resolved: ResolvedModel):
-    """mlx_lm.load, and for a trained experiment its adapter over the base it was trained on."""
-    if resolved.adapter_path is None:
-        return mlx_lm.load(resolved.path, return_config=True)
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx_lm.tuner.utils import load_adapters
-
-    model, tokenizer, config = mlx_lm.load(resolved.path, return_config=True)
-    if resolved.quantization_bits and "quantization" not in config:
-        nn.quantize(model, group_size=64, bits=resolved.quantization_bits)
-    load_adapters(model, resolved.adapter_path)
-    model.eval()
-    # Materialise now: MLX streams belong to a thread, and the engine thread cannot evaluate arrays
-    # still pending on this one's.
-    mx.eval(model.parameters())
-    return model, tokenizer, config
-
-
 class LocalMLX:
     def __init__(self, settings: Settings, resolver: ModelResolver):
         self.settings = settings
@@ -120,10 +100,7 @@ class LocalMLX:
 
     def _retrained(self, loaded: LoadedModel) -> bool:
         """An experiment trained again since it was loaded has a new adapter: load that one."""
-        if loaded.resolved.source != "experiment":
-            return False
-        current = self.resolver.experiments(loaded.resolved.name)
-        return current is None or current["adapter_path"] != loaded.resolved.adapter_path
+        return self.resolver.adapter_changed(loaded.resolved)
 
     def loaded_models(self) -> list[dict]:
         return [

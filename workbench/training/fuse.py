@@ -8,15 +8,19 @@ from pathlib import Path
 from mlx.utils import tree_unflatten
 from mlx_lm.utils import dequantize_model, save
 
+from workbench.models.loading import load_resolved
 from workbench.models.resolver import ResolvedModel
-from workbench.providers.local_mlx import load_resolved
 
 
 def fuse_adapter(resolved: ResolvedModel, dest: Path) -> Path:
+    """`resolved` holds an adapter (an experiment's, or an adapter folder's): its base and how to load
+    it come from the adapter's own adapter_config.json."""
+    if resolved.adapter is None:
+        raise ValueError(f"{resolved.name} resolves to no adapter: nothing to fuse")
     model, tokenizer, config = load_resolved(resolved)
     # A QLoRA base quantized for training (not stored quantized) is saved back in full precision:
     # its config.json has no quantization section to describe the quantized weights.
-    dequantize = bool(resolved.quantization_bits) and "quantization" not in config
+    dequantize = resolved.adapter.quantization is not None and "quantization" not in config
     fused = [(name, module.fuse(dequantize=dequantize)) for name, module in model.named_modules()
              if hasattr(module, "fuse")]
     if fused:

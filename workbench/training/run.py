@@ -25,6 +25,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from workbench.data import Examples, tokenize
 from workbench.errors import InputError
+from workbench.models import adapters
 from workbench.training import batching, checkpoint, fastmath, faults, losses, policy
 from workbench.training.config import TrainingConfig
 from workbench.training.reporter import Reporter
@@ -131,14 +132,10 @@ class TrainingRun:
     def adapter_config(self, model) -> dict:
         """mlx-lm's adapter_config.json, plus what the workbench needs to serve it again."""
         cfg = self.config
-        return {
-            "fine_tune_type": "full" if cfg.training_type == "sft" else "lora",
-            "num_layers": self._lora_layers(model),
-            "lora_parameters": self._lora_parameters(),
-            "base_model": self.model_path,
-            "training_type": cfg.training_type,
-            "quantization_bits": cfg.quantization_bits,
-        }
+        return adapters.adapter_config(
+            model, base_model=self.model_path, model_name=cfg.model_name or self.settings.default_model,
+            training_type=cfg.training_type, num_layers=self._lora_layers(model),
+            lora_parameters=self._lora_parameters(), quantization_bits=cfg.quantization_bits)
 
     def total_steps(self, train_rows: int) -> int:
         cfg = self.config
