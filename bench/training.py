@@ -72,6 +72,7 @@ from training_runs import DATASET_DIR, FULL_DIR, Service, export_alpaca, export_
 import workbench
 from service.launch import service_process
 from workbench.blas import load_fast_blas
+from workbench.client import Client
 
 GROUPS = {
     "tiny": "tiny model, alpaca chat rows: LoRA against mlx-lm; time to first step",
@@ -203,8 +204,9 @@ def main() -> int:
         env = {"WORKBENCH_HOME": str(home), "WORKBENCH_MODELS_PATH": str(models),
                "WORKBENCH_HUB_DOWNLOADS": "0"}
         whole = Interference().__enter__()
-        with service_process(env, log_path, args.startup_timeout) as base:
-            bench = Bench(Service(base, args.run_timeout), args, home)
+        with (service_process(env, log_path, args.startup_timeout) as base,
+              Client(base, timeout=60) as client):
+            bench = Bench(Service(client, args.run_timeout), args, home)
             run = {"tiny": lambda: run_tiny(bench, folders["tiny"]),
                    "lora": lambda: run_lora(bench, folder),
                    "peft": lambda: run_peft_group(bench, folder, batches),

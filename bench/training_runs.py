@@ -113,8 +113,8 @@ def ours_config(name: str, model: str, steps: int, batch: int, seq: int, layers:
 class Service:
     """Our side: training jobs on the running service, through the library's own client."""
 
-    def __init__(self, url: str, timeout: float):
-        self.client, self.timeout = Client(url, timeout=60), timeout
+    def __init__(self, client: Client, timeout: float):
+        self.client, self.timeout = client, timeout
 
     def breakdown(self, name: str, sent: float) -> str:
         """Seconds after POST at which the job reached each phase, up to its first step."""
