@@ -31,8 +31,8 @@ import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_step import bare_step  # noqa: E402
+from common import build_models, fp32_copy  # noqa: E402
 from table import machine_line, print_table, row  # noqa: E402
-from training import build_models, fp32_copy  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--models", type=Path, help="where models are built (default: a temp dir)")

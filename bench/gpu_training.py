@@ -7,9 +7,9 @@ All on the same model shape (random/qwen3-1.7b, bf16), LoRA rank 8 (alpha 16) on
 every layer (or those --targets names, on every side), AdamW at a constant 1e-4, no clipping, batch
 4 x 512 full-length rows:
 
-1. A workbench job (the job manager starts a worker process that trains and writes its metrics to the
-   job store, as under the service), with a fresh kernel cache under its home: steady tokens/s, and
-   the first step's time (CUDA kernels compiled at run time).
+1. A workbench job (`Workbench` in this process starts a worker process that trains and writes its
+   metrics to the job store, as under the service), with a fresh kernel cache under its home: steady
+   tokens/s, and the first step's time (CUDA kernels compiled at run time).
 2. A second job, same settings: its first step, now with the kernel cache warm.
 3. The bare compiled MLX step in this process: mlx-lm's LoRA layers and loss under the job's compute
    policy (same dtype, same LoRA products), `mx.compile` of value_and_grad + AdamW update, on random
@@ -37,9 +37,8 @@ import time
 from pathlib import Path
 
 from bare_step import bare_step, speed
+from common import print_tails  # importing it puts OpenBLAS under MLX on the CPU, before mlx.core
 from table import machine_line, print_table, row, version
-
-import workbench  # noqa: F401  (OpenBLAS under MLX on the CPU, before mlx.core)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,36 +83,31 @@ def job_config(name: str, model: str, args) -> dict:
     }
 
 
-def run_job(jobs, store, config, timeout: float) -> dict:
+def run_job(workbench, config, timeout: float) -> dict:
+    """A job through `Workbench` in this process (its workers as under the service), to its end."""
     from workbench.training.config import TrainingConfig
 
-    started = jobs.start(TrainingConfig(**config))
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = store.get(started["job_id"])
-        if job["status"] in ("completed", "failed", "stopped", "interrupted"):
-            break
-        time.sleep(0.5)
-    else:
-        raise SystemExit(f"job {config['experiment_name']} did not end within {timeout:.0f} s")
-    if job["status"] != "completed":
-        log = Path(job["run_dir"]) / "worker.log"
-        raise SystemExit(f"job {config['experiment_name']} {job['status']}: {job['error']}\n"
-                         + (log.read_text()[-3000:] if log.exists() else ""))
-    metrics = [m for m in store.metrics(started["job_id"]) if m.get("tokens")]
-    first = store.events(started["job_id"])
-    step_one = next(e["time"] for e in first if e["type"] == "metrics")
-    return {"job": job, "steps": metrics, "start_to_step_1": step_one - job["started_at"]}
+    name = config["experiment_name"]
+    workbench.start_training(TrainingConfig(**config))
+    job = workbench.wait(name, timeout)
+    if job.status in ("queued", "running"):
+        raise SystemExit(f"job {name} did not end within {timeout:.0f} s")
+    if job.status != "completed":
+        print_tails(sorted((workbench.settings.home_dir / "runs").glob("*/worker.log")))
+        raise SystemExit(f"job {name} {job.status}: {job.error}")
+    steps = [m for m in workbench.metrics(name).steps if m.tokens]
+    step_one = next(e.time for e in workbench.events(name).events if e.type == "metrics")
+    return {"job": job, "steps": steps, "start_to_step_1": step_one - job.started_at}
 
 
 def job_figures(result: dict, warmup: int) -> dict:
     steps = result["steps"]
-    seconds = [m["tokens"] / m["tokens_per_s"] for m in steps]
+    seconds = [m.tokens / m.tokens_per_s for m in steps]
     return {
-        **speed([m["tokens"] for m in steps], seconds, warmup),
+        **speed([m.tokens for m in steps], seconds, warmup),
         "start_to_step_1": result["start_to_step_1"],
-        "peak_mb": max(m["peak_memory_mb"] for m in steps),
-        "policy": result["job"]["policy"],
+        "peak_mb": max(m.peak_memory_mb for m in steps),
+        "policy": result["job"].policy,
     }
 
 
@@ -151,11 +145,9 @@ def main() -> int:
 
     import mlx.core as mx
 
+    from workbench.core import Workbench
     from workbench.models.builder import builtin_spec, ensure_built
-    from workbench.models.resolver import ModelResolver
     from workbench.settings import Settings
-    from workbench.training.manager import JobManager
-    from workbench.training.store import JobStore
 
     settings = Settings()
     spec = builtin_spec(args.model)
@@ -168,13 +160,12 @@ def main() -> int:
         for item in corpus_rows(max(args.batch * 8, 64), chars=args.seq * 8):
             out.write(json.dumps(item) + "\n")
 
-    store = JobStore(settings.home_dir / "workbench.db")
-    jobs = JobManager(settings, ModelResolver(settings), store)
-    first = job_figures(run_job(jobs, store, job_config("gpu-bench-1", str(folder), args), args.job_timeout),
+    workbench = Workbench(settings)
+    first = job_figures(run_job(workbench, job_config("gpu-bench-1", str(folder), args), args.job_timeout),
                         args.warmup)
-    second = job_figures(run_job(jobs, store, job_config("gpu-bench-2", str(folder), args), args.job_timeout),
+    second = job_figures(run_job(workbench, job_config("gpu-bench-2", str(folder), args), args.job_timeout),
                          args.warmup)
-    jobs.close()
+    workbench.close()
     shape_args = (folder, args.batch, args.seq, args.steps, args.warmup)
     bare = bare_step(*shape_args, rank=args.rank, alpha=args.alpha, targets=args.targets)
     floor = bare_step(*shape_args, floor=True)

@@ -50,7 +50,7 @@ import peft
 import torch
 import torch.nn.functional as F
 import transformers
-from table import machine_line, print_table, row
+from table import cpu_name, machine_busy_s, machine_line, print_table, row, status_kb, tps
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("model", type=Path, help="Hugging Face-layout model folder (config.json + safetensors)")
@@ -118,14 +118,6 @@ def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
 # Memory ---------------------------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match[1]) if match else None
-
-
 def _reset_peak_rss() -> bool:
     """Start the peak resident set (VmHWM) afresh from the current one (Linux 4.0+)."""
     try:
@@ -135,27 +127,9 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def _machine_busy_s() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (Linux), to see who else used it."""
-    try:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def _lifetime_peak_rss_kb() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
-
-
-def _cpu_name() -> str:
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-    except OSError:
-        match = None
-    return match[1].strip() if match else platform.processor() or platform.machine()
 
 
 # The run --------------------------------------------------------------------------------------------
@@ -267,7 +241,7 @@ def run_peft(folder: str | Path, batches: Sequence, steps: int, warmup: int = 3,
         torch.cuda.reset_peak_memory_stats(dev)
         start_bytes = torch.cuda.memory_allocated(dev)
     else:
-        start_bytes = (_status_kb("VmRSS") or 0) * 1024
+        start_bytes = (status_kb("VmRSS") or 0) * 1024
         hwm_reset = _reset_peak_rss()
 
     seconds, losses, tokens, others = [], [], [], []
@@ -276,13 +250,13 @@ def run_peft(folder: str | Path, batches: Sequence, steps: int, warmup: int = 3,
         ids, mask, count = prepared[i % len(prepared)]
         sync()
         # Others' work on a shared machine slows a step down: the CPU seconds it took meanwhile.
-        busy, own = _machine_busy_s(), time.process_time()
+        busy, own = machine_busy_s(), time.process_time()
         tic = time.perf_counter()
         loss = step(ids, mask, count)
         sync()
         seconds.append(time.perf_counter() - tic)
         if busy is not None:
-            others.append(max((_machine_busy_s() - busy) - (time.process_time() - own), 0.0))
+            others.append(max((machine_busy_s() - busy) - (time.process_time() - own), 0.0))
         losses.append(loss.item())
         tokens.append(count)
         if on_step:
@@ -319,7 +293,7 @@ def run_peft(folder: str | Path, batches: Sequence, steps: int, warmup: int = 3,
         peak_is = "torch.cuda.max_memory_allocated during training (weights, LoRA, optimizer included)"
         peak_rss_mb = None
     else:
-        hwm_kb = _status_kb("VmHWM") if hwm_reset else None
+        hwm_kb = status_kb("VmHWM") if hwm_reset else None
         if hwm_kb is not None:
             peak_is = "peak RSS during training less RSS when training began (VmHWM, reset at start)"
         else:
@@ -332,7 +306,7 @@ def run_peft(folder: str | Path, batches: Sequence, steps: int, warmup: int = 3,
     done = len(seconds) == steps
     return {
         "model": str(folder), "device": dev.type,
-        "device_name": torch.cuda.get_device_name(dev) if cuda else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(dev) if cuda else cpu_name(),
         "threads": torch.get_num_threads(), "dtype": dtype, "precision": precision,
         "compile": compile, "compile_error": compile_error, "gradient_checkpointing": gradient_checkpointing,
         "rank": rank, "alpha": alpha, "lr": lr, "target_modules": list(target_modules),
@@ -365,10 +339,6 @@ def random_batches(vocab_size: int, batch: int, seq: int, count: int, seed: int)
              np.full(batch, seq, dtype=np.int64)) for _ in range(count)]
 
 
-def tps(value: float) -> str:
-    return f"{value:,.0f} tok/s" if value >= 100 else f"{value:.1f} tok/s"
-
-
 def main() -> int:
     args = parser.parse_args()
     if args.steps <= args.warmup:
@@ -379,7 +349,7 @@ def main() -> int:
     config = json.loads((args.model / "config.json").read_text())
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # as run_peft does; set here so the header is true
-        where = f"cpu ({_cpu_name()}), torch threads {torch.get_num_threads()} (set to os.cpu_count())"
+        where = f"cpu ({cpu_name()}), torch threads {torch.get_num_threads()} (set to os.cpu_count())"
     else:
         where = f"cuda ({torch.cuda.get_device_name()})"
     print(machine_line())
