@@ -45,6 +45,7 @@ from workbench.schemas import (
     StatusResponse,
 )
 from workbench.training.config import TrainingConfig
+from workbench.training.record import TERMINAL
 
 
 class Client:
@@ -106,15 +107,19 @@ class Client:
         """Each event as the service sends it (server-sent events), until the job ends."""
         request = self._http.build_request("GET", f"/train/{experiment_name}/events",
                                            headers={"Last-Event-ID": str(after)})
-        for _, data in self._events(request):
-            yield JobEvent.model_validate(data)
+        events = self._events(request)
+        try:
+            for _, data in events:
+                yield JobEvent.model_validate(data)
+        finally:
+            events.close()  # hangs up at once when the caller stops early
 
     def wait(self, experiment_name: str, timeout_s: float | None = None) -> JobStatus:
         """The experiment's latest job once it has ended, or as it is after `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             status = self.job_status(experiment_name)
-            if status.status.value not in ("queued", "running"):
+            if status.status in TERMINAL:
                 return status
             if deadline is not None and time.monotonic() >= deadline:
                 return status

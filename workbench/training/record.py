@@ -59,7 +59,7 @@ class StepMetrics(Measures):
     step: int
     time: float = Field(description="When it was written (epoch seconds).")
     learning_rate: float | None = None
-    tokens: int | None = Field(default=None, description="Tokens trained so far.")
+    tokens: int | None = Field(default=None, description="Tokens trained in this step.")
 
 
 class JobFields(Measures):
