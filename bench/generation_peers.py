@@ -189,7 +189,8 @@ def conversation(tokenizer, repeat: int, target: int) -> list[dict]:
 def follow_up_turn(model, tokenizer, work: Work):
     """Seconds for the next turn of a long chat, with and without the prompt cache, and the check
     that both answered the same; the cached engine answered the first turn, as a chat client would."""
-    from workbench.providers.engine import GenerationRequest, LocalEngine
+    from workbench.providers.engine import LocalEngine
+    from workbench.providers.streams import GenerationRequest
 
     cached, plain = LocalEngine(model, tokenizer), LocalEngine(model, tokenizer, prompt_cache_size=0)
 

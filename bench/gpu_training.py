@@ -54,7 +54,7 @@ parser.add_argument("--warmup", type=int, default=5, help="first steps left out 
 parser.add_argument("--rank", type=int, default=8)
 parser.add_argument("--alpha", type=float, default=16.0)
 parser.add_argument("--targets", help="comma-separated layers that get LoRA (default: all 7 projections), "
-                                      "e.g. q_proj,v_proj as in ../shared/tools/GPU.md")
+                                      "e.g. q_proj,v_proj (README, On an NVIDIA GPU)")
 parser.add_argument("--compile-budget", type=float, default=300.0, help="seconds torch.compile may take")
 parser.add_argument("--skip-torch", action="store_true", help="no PyTorch + PEFT rows")
 parser.add_argument("--skip-torch-compile", action="store_true", help="no torch.compile row")

@@ -2,7 +2,7 @@
 
 The Linux `mlx[cpu]` wheel links the netlib reference BLAS (an fp32 2048^2 matmul: about 8 GFLOP/s
 on the project's machines). Loading OpenBLAS with RTLD_GLOBAL first makes MLX's `cblas_sgemm`
-resolve to it (about 250 GFLOP/s). See DESIGN.md, decision 7.
+resolve to it (about 250 GFLOP/s). See docs/architecture.md, "How a job computes".
 
 OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names a core. A
 platform may set that variable for every program (the project's machines set Haswell, AVX2 kernels):

@@ -1,4 +1,4 @@
-"""Providers over real HTTP: the plan's 2.2 and 5.1, each remote protocol against a fake server on
+"""Providers over real HTTP: the user's provider checks, each remote protocol against a fake server on
 127.0.0.1 that litellm really talks to, fallback on every kind of failure, and keys kept secret."""
 
 import os
@@ -145,7 +145,7 @@ def test_a_failing_provider_hands_over_and_cools_down(svc, provider, failure, er
         assert failed["provider"] == provider and failed["outcome"] == "failed"
         if error:
             assert failed["error"] == error
-        # Giving up on the failing provider, and the whole answer: within the plan's 5 s.
+        # Giving up on the failing provider, and the whole answer: within 5 s, as users were promised.
         assert failed["ms"] < (500 if failure == "refused" else 5000)
         assert switch < 5.0
 

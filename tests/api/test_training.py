@@ -1,4 +1,5 @@
-"""Training over real HTTP: the plan's phase 3, 5.1 and 6 checks and its reliability promises."""
+"""Training over real HTTP: the user's training, integration and resource checks, and the reliability
+promises (stop, resume, a killed worker)."""
 
 import json
 import os

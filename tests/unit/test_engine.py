@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from workbench.providers.engine import EngineFull, GenerationRequest, LocalEngine
+from workbench.providers.engine import LocalEngine
+from workbench.providers.streams import EngineFull, GenerationRequest
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,8 @@ def test_a_process_that_used_the_engine_exits_cleanly(models_dir):
     # process now and then ("terminate called without an active exception", exit code 134).
     code = (
         "import workbench, mlx_lm\n"
-        "from workbench.providers.engine import GenerationRequest, LocalEngine\n"
+        "from workbench.providers.engine import LocalEngine\n"
+        "from workbench.providers.streams import GenerationRequest\n"
         f"model, tokenizer = mlx_lm.load({models_dir + '/tiny'!r})\n"
         "engine = LocalEngine(model, tokenizer)\n"
         "engine.generate(GenerationRequest(tokenizer.encode('Hello'), max_tokens=3))\n"

@@ -1,4 +1,4 @@
-"""Turns a model name into a loadable location, in the order DESIGN.md gives (decision 2).
+"""Turns a model name into a loadable location, in this order (docs/architecture.md, "Layers"):
 
 1. a registered name (`tiny`, `random/qwen3-0.6b-4bit`, ...) or an alias from the settings;
 2. the name of a trained experiment: its base model with its adapter;

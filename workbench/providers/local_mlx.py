@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from workbench.errors import Busy, InputError
 from workbench.models.loading import load_resolved
 from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
-from workbench.providers.engine import EngineFull, GenerationRequest, GenerationStream, LocalEngine
-from workbench.providers.params import BatchGenerateParams, GenerateParams, SamplingParams
+from workbench.providers.engine import LocalEngine
+from workbench.providers.params import GenerateParams, SamplingParams
+from workbench.providers.streams import EngineFull, GenerationRequest, GenerationStream
 from workbench.settings import Settings
 
 NAME = "local_mlx"
@@ -171,14 +172,6 @@ class LocalMLX:
         prepared, stream = self.start(params)
         stream.wait()
         return prepared.result(stream, params.prompt)
-
-    def generate_batch(self, params: BatchGenerateParams) -> list[GenerationResult]:
-        """All prompts join the engine's batch at once and are answered together."""
-        prepared = [self.prepare(params, prompt=p) for p in params.prompts]
-        streams = self._submit(prepared[0].loaded, [p.request for p in prepared])
-        for stream in streams:
-            stream.wait()
-        return [p.result(s, prompt) for p, s, prompt in zip(prepared, streams, params.prompts)]
 
     def close(self) -> None:
         with self._lock:

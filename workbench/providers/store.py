@@ -16,7 +16,7 @@ from workbench.providers.catalog import PROVIDERS
 from workbench.providers.params import ProviderName
 from workbench.providers.secrets import redactor
 
-DEFAULT_TIMEOUT_S = 4.0  # the plan wants a switch to the next provider within 5 s
+DEFAULT_TIMEOUT_S = 4.0  # a failing provider must give way to the next within 5 s
 
 
 class ProviderConfig(BaseModel):

@@ -1,7 +1,8 @@
 """How a job computes on the backend it finds: dtype, kernels, memory limits, kernel cache.
 
 Chosen once per run and written into the job's status, so a user sees why a run is as fast (or as
-big) as it is. The choices come from measurements (DESIGN.md, decision 7; bench/RESULTS.md):
+big) as it is. The choices come from measurements (docs/architecture.md, "How a job computes";
+bench/RESULTS.md):
 - CPU: fp32. bf16 and fp16 products do not go through BLAS there and trained about 8x slower.
   A quantized base (QLoRA) keeps its packed weights but multiplies through BLAS after dequantizing
   each layer just in time (workbench/training/quantized.py): MLX's own quantized CPU matmul does
