@@ -181,12 +181,14 @@ class Workbench:
     def preview_dataset(self, request: PreviewRequest) -> DatasetPreview:
         """The first rows of a training configuration's data as the model sees them, the data's summary,
         and on request every row's token count."""
-        from workbench.data import DataSpec, preview, token_lengths, validate
+        from workbench.data import preview, token_lengths, validate
 
-        config = request.training_config()
-        spec = DataSpec.from_config(config)
+        spec = request.spec()
         summary = validate(spec, self.settings)
-        tokenizer = self.local.model(config.model_name).engine.tokenizer
+        try:
+            tokenizer = self.local.model(request.model_name).engine.tokenizer
+        except InputError as exc:  # named as this request names it
+            raise InputError("model_name", exc.message, exc.status) from None
         rows = preview(spec, tokenizer, self.settings, request.rows)
         lengths = token_lengths(spec, tokenizer, self.settings) if request.token_lengths else None
         return DatasetPreview(summary=asdict(summary), rows=rows, token_lengths=lengths)

@@ -8,8 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from workbench.data.spec import DataSpec
 from workbench.providers.params import ProviderName
-from workbench.training.config import TrainingConfig, TrainingType
+from workbench.training.config import TrainingConfig
 from workbench.training.record import JobEvent, JobStatus, StepMetrics
 
 __all__ = ["JobEvent", "JobStatus", "StepMetrics"]  # declared with the job record, answered from here too
@@ -171,18 +172,18 @@ class FuseResponse(BaseModel):
     path: str = Field(description="A model folder; use it as `model` or load it with mlx_lm.load.")
 
 
-class PreviewRequest(TrainingConfig):
-    """What `POST /datasets/preview` takes: the data fields of a training configuration (the rest may
-    be left out), how many rows to show, and whether to count every row's tokens."""
+class PreviewRequest(DataSpec):
+    """What `POST /datasets/preview` takes: the data fields of a training configuration, the model
+    whose tokenizer and chat template apply, how many rows to show, and whether to count every row's
+    tokens."""
 
-    experiment_name: str = Field(default="preview", description="Not used by a preview.")
-    training_type: TrainingType = Field(default="lora", description="Not used by a preview.")
+    model_name: str | None = TrainingConfig.model_fields["model_name"]
     rows: int = Field(default=5, ge=1, le=100, description="How many rows to show.")
     token_lengths: bool = Field(default=False, description="Also count every row's tokens (chat template "
                                 "applied), for a histogram.")
 
-    def training_config(self) -> TrainingConfig:
-        return TrainingConfig.model_validate(self.model_dump(exclude={"rows", "token_lengths"}))
+    def spec(self) -> DataSpec:
+        return DataSpec.from_config(self)
 
 
 class DatasetPreview(BaseModel):

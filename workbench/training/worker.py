@@ -24,6 +24,7 @@ from workbench.settings import Settings
 from workbench.training.checkpoint import DiskFull
 from workbench.training.config import TrainingConfig
 from workbench.training.policy import current_backend, use_kernel_cache
+from workbench.training.record import METRICS
 from workbench.training.reporter import Reporter
 from workbench.training.run import LossNotFinite, TrainingRun
 from workbench.training.store import JobStore
@@ -43,9 +44,9 @@ class StoreReporter(Reporter):
 
     def step(self, step: int, total: int, metrics: dict) -> None:
         self.store.metric(self.job_id, step, **metrics)
-        shown = ("tokens_per_s", "useful_tokens_per_s", "raw_tokens_per_s", "peak_memory_mb")
-        self.store.update(self.job_id, current_step=step, total_steps=total, loss=metrics["loss"],
-                          **{name: metrics[name] for name in shown})
+        # The job keeps the latest of each measure (workbench/training/record.py).
+        self.store.update(self.job_id, current_step=step, total_steps=total,
+                          **{name: metrics[name] for name in METRICS if name in metrics})
         self.store.event(self.job_id, "metrics", f"step {step}/{total}: loss {metrics['loss']:.4f}",
                          data={"step": step, "total_steps": total, **metrics})
 
