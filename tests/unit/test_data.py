@@ -160,6 +160,15 @@ def test_a_missing_file_names_dataset_path(settings):
     assert error.value.field == "dataset_path"
 
 
+def test_a_home_folder_of_no_such_user_is_refused_by_name(settings):
+    # pathlib raises a bare RuntimeError for "~someone" when no such user exists (found by the fuzzer).
+    for spec, field in ((DataSpec(dataset="~no-such-user-zq/rows.jsonl"), "dataset"),
+                        (DataSpec(dataset="custom", dataset_path="~no-such-user-zq/rows.jsonl"), "dataset_path")):
+        with pytest.raises(InputError, match="no such user") as error:
+            validate(spec, settings)
+        assert error.value.field == field
+
+
 def test_csv_parquet_and_json_files_with_alpaca_columns_load_through_datasets(settings):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -22,10 +22,10 @@ def test_health_is_not_ready_while_the_default_model_loads_then_ready(settings, 
     finally:
         workbench.close()
 
-    assert during["ready"] is False
-    assert [item["what"] for item in during["loading"]] == ["default model tiny"]
-    assert during["status"] in ("healthy", "degraded") and "memory_usage" in during
-    assert after["ready"] is True and after["loading"] == [] and after["failed"] == []
+    assert during.ready is False
+    assert [item.what for item in during.loading] == ["default model tiny"]
+    assert during.status in ("healthy", "degraded") and during.memory_usage
+    assert after.ready is True and after.loading == [] and after.failed == []
     assert loaded == ["tiny"]
 
 
@@ -39,6 +39,6 @@ def test_a_default_model_that_cannot_load_is_named_and_the_service_not_ready(tmp
     finally:
         workbench.close()
 
-    assert health["ready"] is False and health["status"] == "degraded"
-    assert health["failed"][0]["what"] == "default model no-such-model"
-    assert any("no-such-model" in problem for problem in health["problems"])
+    assert health.ready is False and health.status == "degraded"
+    assert health.failed[0].what == "default model no-such-model"
+    assert any("no-such-model" in problem for problem in health.problems)

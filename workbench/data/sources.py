@@ -79,7 +79,10 @@ def resolve_path(raw: str, settings: Settings, field: str = "dataset_path") -> P
     roots = allowed_roots(settings)
     if "\x00" in raw:  # the OS cannot take it; pathlib raises a bare ValueError
         raise InputError(field, "a path cannot hold a NUL byte")
-    path = Path(raw).expanduser()
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # "~someone" where no such user exists
+        raise InputError(field, f"{raw[:80]!r}: no such user's home folder") from None
     if not path.is_absolute():
         path = roots[0] / path
     try:
