@@ -74,9 +74,12 @@ class DataOrder:
     """
 
     def __init__(self, dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int,
-                 group_by_length: bool = True, packing: bool = False, position: dict | None = None):
+                 group_by_length: bool = True, packing: bool = False, position: dict | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.dataset, self.batch_size, self.max_seq_length = dataset, batch_size, max_seq_length
         self.seed, self.packing = seed, packing
+        # (rank, ranks): every rank walks the same global order and takes its slice of each batch.
+        self.shard = shard
         self.lengths = [len(dataset[i][0]) for i in range(len(dataset))]
         if not packing:
             # As mlx-lm: rows sorted by length (or kept in order) and cut into fixed batches, whose
@@ -123,6 +126,10 @@ class DataOrder:
 
     def __next__(self) -> Batch:
         chosen = self._advance()
+        rank, ranks = self.shard
+        if ranks > 1:
+            share = len(chosen) // ranks
+            chosen = chosen[rank * share:(rank + 1) * share]
         if self.packing:
             return _packed_batch([[self.dataset[i] for i in seq] for seq in chosen], self.max_seq_length)
         return padded_batch([self.dataset[i] for i in chosen], self.max_seq_length)

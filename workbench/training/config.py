@@ -88,6 +88,18 @@ class TrainingConfig(DataSpec, TrainingTarget):
         "each against MLX's own on this machine at the job's shapes (cached) and takes the faster.",
     )
 
+    # Distributed --------------------------------------------------------------------------------
+    num_workers: int = Field(
+        default=1, ge=1, le=64,
+        description="Processes (ranks) that train together, data-parallel under mlx.launch: each takes "
+        "batch_size / num_workers rows of every batch; the result equals one process's.",
+    )
+    distributed_backend: Literal["auto", "ring", "jaccl", "mpi", "nccl"] = Field(
+        default="auto",
+        description="mx.distributed's backend when num_workers > 1: auto is nccl where CUDA is available, "
+        "else ring (TCP).",
+    )
+
     # LoRA ---------------------------------------------------------------------------------------
     lora_rank: int = Field(default=8, ge=1, le=1024)
     lora_alpha: float = Field(default=16.0, gt=0, le=1e6, description="LoRA scale is lora_alpha / lora_rank.")

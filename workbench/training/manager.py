@@ -8,6 +8,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +75,10 @@ class JobManager:
         if config.batch_size > summary.train_rows:
             raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
                              f"rows of {summary.source} (after validation_split {config.validation_split})")
+        if config.num_workers > 1:
+            from workbench.training import distributed
+
+            distributed.check(config)
         name = config.experiment_name
         space.require_room(self.run_root(name), space.checkpoint_bytes(resolved.path, config))
         with self._lock:
@@ -105,7 +110,7 @@ class JobManager:
                 worker = self._workers.get(job["job_id"])
                 if worker is not None and worker.poll() is None:
                     self._stopping.add(job["job_id"])
-                    worker.send_signal(signal.SIGTERM)  # the worker checkpoints, then marks itself stopped
+                    _signal(worker, signal.SIGTERM)  # the worker checkpoints, then marks itself stopped
                     self.store.event(job["job_id"], "message", "stop requested")
                 else:
                     self.store.set_status(job["job_id"], "stopped", "stopped (no live worker)",
@@ -176,11 +181,16 @@ class JobManager:
         self.store.update(job["job_id"], status="running", phase="starting", started_at=time.time())
         # Owner-only: a worker's log may quote what a remote provider answered.
         log_file = os.open(run_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        config = job["config"]
+        command = [sys.executable, "-m", "workbench.training.worker", job["job_id"]]
+        if config.get("num_workers", 1) > 1:  # the ranks, under MLX's launcher
+            from workbench.training import distributed
+
+            command = distributed.launch_command(job["job_id"], config["num_workers"],
+                                                 config["distributed_backend"], None)
         with open(log_file, "ab") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "workbench.training.worker", job["job_id"]],
-                env=os.environ | self.settings.as_env(), stdout=out, stderr=subprocess.STDOUT,
-            )
+            worker = subprocess.Popen(command, env=os.environ | self.settings.as_env(), stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.store.update(job["job_id"], pid=worker.pid)
         self._workers[job["job_id"]] = worker
         log.info("job %s (%s) started in worker %d", job["job_id"], job["experiment_name"], worker.pid)
@@ -240,13 +250,30 @@ class JobManager:
         with self._lock:
             for worker in self._workers.values():
                 if worker.poll() is None:
-                    worker.send_signal(signal.SIGUSR1)
+                    _signal(worker, signal.SIGUSR1)
         for worker in list(self._workers.values()):
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
         self._reap()
+
+
+def _signal(worker: subprocess.Popen, signum: int) -> None:
+    """Signal a job's worker; under mlx.launch, its ranks (the launcher itself would end at once and
+    leave them writing to a closed pipe). Every rank hears it and they agree to stop at one step."""
+    import psutil
+
+    try:
+        ranks = [child for child in psutil.Process(worker.pid).children(recursive=True)
+                 if "workbench.training.worker" in " ".join(child.cmdline())]
+    except psutil.Error:
+        ranks = []
+    if not ranks:
+        worker.send_signal(signum)
+    for rank in ranks:
+        with contextlib.suppress(psutil.Error):
+            rank.send_signal(signum)
 
 
 def _alive(pid: int) -> bool:

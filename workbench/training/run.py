@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from workbench.errors import InputError
 from workbench.models import adapters
 from workbench.training import batching, checkpoint, fastmath, faults, losses, policy
 from workbench.training.config import TrainingConfig
+from workbench.training.distributed import Ranks
 from workbench.training.reporter import Reporter
 
 _MB = 1024 * 1024
@@ -58,7 +59,7 @@ class TrainingRun:
     rows `examples` holds (workbench.data.prepare), writes checkpoints and the adapter under `run_dir`."""
 
     def __init__(self, config: TrainingConfig, model_path: str, examples: Examples, run_dir: Path, settings,
-                 reporter: Reporter, should_stop=lambda: None):
+                 reporter: Reporter, should_stop=lambda: None, ranks: Ranks | None = None):
         self.config = config
         self.model_path = model_path
         self.examples = examples
@@ -66,6 +67,7 @@ class TrainingRun:
         self.settings = settings
         self.reporter = reporter
         self.should_stop = should_stop  # returns None, or why to stop now
+        self.ranks = ranks or Ranks()  # data-parallel ranks (workbench/training/distributed.py)
         self.policy = policy.choose(config.memory_limit_mb, config.cache_limit_mb, config.fast_kernels)
         self.lora_keys: list[str] | None = None  # mlx-lm's paths of lora_targets, once the model is known
 
@@ -107,6 +109,8 @@ class TrainingRun:
         cfg = self.config
         self.policy = policy.calibrated(self.policy, model, cfg.batch_size, cfg.max_seq_length,
                                         self.settings.home_dir, cfg.fast_kernels, cfg.cache_limit_mb)
+        # Every rank computes with rank 0's kernels: their weights must stay the same.
+        self.policy = replace(self.policy, fast_kernels=self.ranks.lead_kernels(self.policy.fast_kernels))
         measured = self.policy.calibration
         if measured:
             how = "as measured before on this machine" if measured["cached"] else \
@@ -180,7 +184,7 @@ class TrainingRun:
         optimizer = self.optimizer(total)
 
         start, order = 0, batching.DataOrder(train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
-                                             cfg.group_by_length, cfg.packing)
+                                             cfg.group_by_length, cfg.packing, shard=self._shard())
         saved = checkpoint.load_latest(self.run_dir / "checkpoints") if resume else None
         if saved is not None:
             model.load_weights(list(saved.weights.items()), strict=False)
@@ -201,17 +205,22 @@ class TrainingRun:
             step, stopped = self._train(model, optimizer, order, data, start, total)
         if stopped:
             return RunOutcome(stopped, step)
+        if not self.ranks.lead:  # rank 0 writes the checkpoint and the adapter
+            return RunOutcome("completed", step, None, model, tokenizer)
         self.reporter.phase("saving", "writing the final checkpoint and adapter")
         self.reporter.checkpoint(step, self._save(model, optimizer, step, order))
         adapter = checkpoint.save_adapter(self.run_dir / "adapters", model, self.adapter_config(model))
         return RunOutcome("completed", step, adapter, model, tokenizer)
+
+    def _shard(self) -> tuple[int, int]:
+        return self.ranks.rank, self.ranks.size
 
     def _restore_randomness(self, saved: checkpoint.Checkpoint, train) -> batching.DataOrder:
         """The data order where the checkpoint left it, and dropout's generator as it was then."""
         cfg = self.config
         position = saved.extra.get("data_order")
         order = batching.DataOrder(train, cfg.batch_size, cfg.max_seq_length, cfg.seed, cfg.group_by_length,
-                                   cfg.packing, position)
+                                   cfg.packing, position, shard=self._shard())
         if position is None:  # a checkpoint from before the order's position was saved
             order.skip(saved.extra.get("batches_used", saved.step * cfg.gradient_accumulation_steps))
         key = saved.extra.get("random_key")
@@ -233,10 +242,10 @@ class TrainingRun:
         step = start
         while step < total:
             reason = self.should_stop()
-            if reason:
-                path = self._save(model, optimizer, step, batches)
-                self.reporter.checkpoint(step, path)
-                return step, reason
+            if self.ranks.any(reason is not None):  # every rank stops at the same step
+                if self.ranks.lead:
+                    self.reporter.checkpoint(step, self._save(model, optimizer, step, batches))
+                return step, reason or "stopped"
             loss, tokens, elapsed, counts = one_step(batches)
             step += 1
             faults.reach("step", step)
@@ -264,7 +273,7 @@ class TrainingRun:
                 faults.reach("after_eval", step)
                 if step < total:
                     self.reporter.phase("training", f"training steps {step + 1} to {total}")
-            if step % cfg.save_every == 0 and step < total:
+            if step % cfg.save_every == 0 and step < total and self.ranks.lead:
                 self.reporter.checkpoint(step, self._save(model, optimizer, step, batches))
         return step, None
 
@@ -275,10 +284,14 @@ class TrainingRun:
         loss_and_grad = nn.value_and_grad(model, losses.loss_function(cfg.packing,
                                                                       "loss" in self.policy.fast_kernels))
         state = [model.state, optimizer.state, mx.random.state]
+        ranks = self.ranks
 
         @partial(mx.compile, inputs=state, outputs=state)
         def step(arrays, previous, do_update):
             (loss, tokens), grads = loss_and_grad(model, *arrays)
+            # Over every rank's share of the batch: the gradient and loss one process would get.
+            grads = ranks.weighted_gradients(grads, tokens)
+            loss, tokens = ranks.mean_loss(loss, tokens)
             if previous is not None:
                 grads = tree_map(lambda a, b: a + b, grads, previous)
             if do_update:
@@ -303,8 +316,8 @@ class TrainingRun:
             total = sum(counts)
             loss = sum(weighted) / total
             mx.eval(loss, total, state)
-            sizes = batching.Batch((), sum(b.tokens for b in micro_batches),
-                                   sum(b.positions for b in micro_batches))
+            shares = ranks.total(mx.array([[b.tokens, b.positions] for b in micro_batches]).sum(axis=0))
+            sizes = batching.Batch((), *(int(n) for n in shares.tolist()))
             return loss.item(), int(total.item()), time.perf_counter() - tic, sizes
 
         return one_step

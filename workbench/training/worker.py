@@ -23,6 +23,7 @@ from workbench.errors import InputError
 from workbench.settings import Settings
 from workbench.training.checkpoint import DiskFull
 from workbench.training.config import TrainingConfig
+from workbench.training.distributed import Ranks, backend_for
 from workbench.training.policy import current_backend, use_kernel_cache
 from workbench.training.record import METRICS
 from workbench.training.reporter import Reporter
@@ -93,15 +94,22 @@ class StopSignals:
 def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals, reporter=None) -> str:
     job = store.get(job_id)
     config = TrainingConfig(**job["config"])
+    # Under mlx.launch each rank runs this; rank 0 alone writes the store, checkpoints and adapter.
+    ranks = Ranks.join(config.distributed_backend, config.num_workers)
+    if not ranks.lead:
+        return _follow(job, config, settings, stop, ranks)
     store.update(job_id, pid=os.getpid(), started_at=job["started_at"] or time.time(),
                  backend=current_backend())
     store.set_status(job_id, "running", f"worker {os.getpid()} started", phase="starting")
+    if ranks.size > 1:
+        store.event(job_id, "message", f"{ranks.size} ranks over {backend_for(config.distributed_backend)}",
+                    data={"world_size": ranks.size})
     reporter = reporter or StoreReporter(store, job_id)
     run_dir = Path(job["run_dir"])
     try:
         # A job submitted before jobs kept their rows reads its source here.
         examples = Examples.load(run_dir) or prepare(config, settings)
-        run = TrainingRun(config, job["model_path"], examples, run_dir, settings, reporter, stop)
+        run = TrainingRun(config, job["model_path"], examples, run_dir, settings, reporter, stop, ranks)
         outcome = run.run(resume=job["resume"])
         if outcome.status != "completed":
             store.set_status(job_id, outcome.status, f"{outcome.status} at step {outcome.step}; resumable",
@@ -129,6 +137,14 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
     store.set_status(job_id, "failed", f"failed: {error['message']}", level="error", phase="failed",
                      error=error)
     return "failed"
+
+
+def _follow(job: dict, config: TrainingConfig, settings: Settings, stop: StopSignals, ranks: Ranks) -> str:
+    """A rank other than 0: the same run on its share of each batch, reporting nothing (rank 0 does)."""
+    run_dir = Path(job["run_dir"])
+    examples = Examples.load(run_dir) or prepare(config, settings)
+    run = TrainingRun(config, job["model_path"], examples, run_dir, settings, Reporter(), stop, ranks)
+    return run.run(resume=job["resume"]).status
 
 
 def use_fastest_blas_core(settings: Settings, argv: list[str]) -> None:

@@ -1,0 +1,56 @@
+"""Data-parallel training: two ranks under mlx.launch (ring backend, on this machine) train the same
+curve as one process at the same global batch, and impossible combinations are refused before any
+process starts."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from workbench.core import Workbench
+from workbench.errors import InputError
+from workbench.training.config import TrainingConfig
+
+RUN = {"model_name": "tiny", "training_type": "lora", "dataset": "alpaca", "batch_size": 4, "max_steps": 6,
+       "learning_rate": 1e-3, "eval_steps": 3, "eval_batches": 1, "seed": 3}
+
+
+@pytest.fixture
+def bench(settings):
+    made = Workbench(settings)
+    yield made
+    made.close()
+
+
+def curve(bench: Workbench, name: str) -> list[tuple]:
+    return [(s.step, s.loss, s.eval_loss) for s in bench.metrics(name).steps]
+
+
+def test_two_ranks_train_the_curve_of_one_process(bench):
+    bench.start_training(TrainingConfig(experiment_name="one-rank", **RUN))
+    one = bench.wait("one-rank", timeout_s=300)
+    bench.start_training(TrainingConfig(experiment_name="two-ranks", num_workers=2, distributed_backend="ring",
+                                        **RUN))
+    two = bench.wait("two-ranks", timeout_s=300)
+    assert one.status == "completed", one.error
+    assert two.status == "completed", two.error
+
+    single, shared = curve(bench, "one-rank"), curve(bench, "two-ranks")
+    assert [s[0] for s in shared] == [s[0] for s in single] == [1, 2, 3, 4, 5, 6]
+    gaps = [abs(a - b) for s, d in zip(single, shared) for a, b in zip(s[1:], d[1:]) if a is not None]
+    assert len(gaps) == 8 and max(gaps) < 1e-4, (single, shared)  # 6 train and 2 validation losses
+    assert two.adapter_path and two.tokens_per_s > 0
+    messages = [e.message for e in bench.events("two-ranks").events]
+    assert "2 ranks over ring" in messages
+
+
+def test_impossible_combinations_are_refused_before_any_process_starts(bench):
+    with pytest.raises(InputError, match=r"batch_size \(5\) must divide by num_workers \(2\)") as error:
+        bench.start_training(TrainingConfig(experiment_name="odd", num_workers=2, **RUN | {"batch_size": 5}))
+    assert error.value.field == "batch_size"
+    missing = next(name for name in ("mpi", "jaccl", "nccl") if not mx.distributed.is_available(name))
+    with pytest.raises(InputError, match=f"{missing} is not available") as error:
+        bench.start_training(TrainingConfig(experiment_name="other", num_workers=2, distributed_backend=missing,
+                                            **RUN))
+    assert error.value.field == "distributed_backend"
+    assert bench.list_jobs() == []

@@ -1,0 +1,148 @@
+"""Data-parallel training over `mx.distributed`: every rank holds the whole model, takes its share of
+each global batch, and the ranks sum their gradients weighted by trained tokens, so a step equals one
+process's step at the same global batch (docs/architecture.md, "Distributed training").
+
+The ranks are started by MLX's own launcher, `mlx.launch`, which gives each its `MLX_RANK` and, for
+the ring backend, `MLX_HOSTFILE`; nothing here opens a socket of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+
+from workbench.errors import InputError
+
+KERNELS = ("loss", "swiglu", "attention")  # the fast kernels a rank may run: all ranks run rank 0's
+
+
+def backend_for(name: str) -> str:
+    """`auto` is NCCL where CUDA is available, else the ring (TCP): what mlx.launch picks too."""
+    if name != "auto":
+        return name
+    return "nccl" if mx.cuda.is_available() else "ring"
+
+
+def available() -> list[str]:
+    return [name for name in ("ring", "jaccl", "mpi", "nccl") if mx.distributed.is_available(name)]
+
+
+def check(config) -> None:
+    """What a data-parallel job needs before any process starts: ranks that share each batch evenly,
+    and a backend this MLX has (InputError naming the field otherwise)."""
+    if config.batch_size % config.num_workers:
+        raise InputError("batch_size", f"batch_size ({config.batch_size}) must divide by num_workers "
+                         f"({config.num_workers}): it is the global batch, shared evenly by the ranks")
+    backend = backend_for(config.distributed_backend)
+    if not mx.distributed.is_available(backend):
+        raise InputError("distributed_backend", f"{backend} is not available in this MLX build "
+                         f"(available: {', '.join(available()) or 'none'})")
+
+
+class Ranks:
+    """This process's place among the job's ranks; a world of one does no communication at all."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.rank = group.rank() if group is not None else 0
+        self.size = group.size() if group is not None else 1
+
+    @classmethod
+    def join(cls, backend: str, world: int) -> Ranks:
+        """The group of a job of `world` ranks (started by mlx.launch), or a world of one."""
+        if world <= 1:
+            return cls()
+        group = mx.distributed.init(strict=True, backend=backend_for(backend))
+        if group.size() != world:
+            raise RuntimeError(f"mlx.launch started {group.size()} ranks where the job asked for {world}")
+        return cls(group)
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the one that writes the store, checkpoints and adapters."""
+        return self.rank == 0
+
+    def total(self, values: mx.array) -> mx.array:
+        """`values` summed over the ranks."""
+        return values if self.size == 1 else mx.distributed.all_sum(values, group=self.group)
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank says yes: every rank gets the same answer at the same step."""
+        if self.size == 1:
+            return flag
+        return bool(self.total(mx.array([1.0 if flag else 0.0])).item() > 0)
+
+    def lead_kernels(self, kernels: tuple[str, ...]) -> tuple[str, ...]:
+        """Rank 0's fast kernels on every rank: each rank's calibration may measure differently, and
+        ranks that computed with different kernels would not hold the same weights."""
+        if self.size == 1:
+            return kernels
+        mine = [1.0 if name in kernels and self.lead else 0.0 for name in KERNELS]
+        chosen = self.total(mx.array(mine)).tolist()
+        return tuple(name for name, on in zip(KERNELS, chosen) if on > 0)
+
+    def weighted_gradients(self, grads, tokens: mx.array):
+        """The mean gradient over every rank's trained tokens, from this rank's mean gradient over
+        its own `tokens`: sum(g_r * n_r) / sum(n_r), in mlx-lm's batched all-reduce."""
+        if self.size == 1:
+            return grads
+        everyone = self.total(tokens.astype(mx.float32))
+        scale = tokens.astype(mx.float32) * self.size / everyone
+        return nn.average_gradients(tree_map(lambda g: g * scale, grads), group=self.group)
+
+    def mean_loss(self, loss: mx.array, tokens: mx.array) -> tuple[mx.array, mx.array]:
+        """The loss over every rank's tokens, and their number."""
+        if self.size == 1:
+            return loss, tokens
+        both = self.total(mx.stack([loss * tokens, tokens.astype(mx.float32)]))
+        return both[0] / both[1], both[1]
+
+
+def launcher() -> str:
+    """mlx.launch beside this Python (the environment the workbench runs in), else on PATH."""
+    here = Path(sys.executable).with_name("mlx.launch")
+    found = str(here) if here.exists() else shutil.which("mlx.launch")
+    if found is None:
+        raise RuntimeError("mlx.launch is not installed beside this Python: reinstall mlx")
+    return found
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports free on this host now (the ring listens on them)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count < 65536 and all(_free(first + i) for i in range(count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def launch_command(job_id: str, world: int, backend: str, hosts: list[str] | None) -> list[str]:
+    """The command that starts a job's `world` worker ranks under mlx.launch."""
+    hosts = hosts or ["127.0.0.1"]
+    command = [launcher(), "--backend", backend_for(backend), "--hosts", ",".join(hosts),
+               "-n", str(world // len(hosts))]
+    if backend_for(backend) == "ring":
+        command += ["--starting-port", str(free_ports(world))]
+    return command + ["--", sys.executable, "-m", "workbench.training.worker", job_id]
+
+
+def rank_from_env() -> int:
+    return int(os.environ.get("MLX_RANK", "0"))
