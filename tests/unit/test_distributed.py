@@ -4,7 +4,10 @@ process starts."""
 
 from __future__ import annotations
 
+import time
+
 import mlx.core as mx
+import psutil
 import pytest
 
 from workbench.core import Workbench
@@ -54,3 +57,38 @@ def test_impossible_combinations_are_refused_before_any_process_starts(bench):
                                             **RUN))
     assert error.value.field == "distributed_backend"
     assert bench.list_jobs() == []
+
+
+def test_a_stopped_two_rank_job_resumes_on_the_uninterrupted_curve(bench):
+    run = RUN | {"max_steps": 16, "save_every": 100, "eval_steps": 8, "num_workers": 2,
+                 "distributed_backend": "ring"}
+    bench.start_training(TrainingConfig(experiment_name="whole", **run))
+    assert bench.wait("whole", timeout_s=300).status == "completed"
+
+    bench.start_training(TrainingConfig(experiment_name="halted", **run))
+    deadline = time.monotonic() + 300
+    while bench.job_status("halted").current_step < 3:
+        assert bench.job_status("halted").status in ("queued", "running") and time.monotonic() < deadline
+        time.sleep(0.2)
+    stopped = bench.stop_training("halted")
+    assert stopped.state == "stopped" and 3 <= stopped.current_step < 16 and stopped.checkpoint
+    assert not ranks_left(bench, "halted", within_s=15)  # every rank ended, and the launcher
+
+    assert bench.resume_training("halted").state in ("queued", "running")
+    assert bench.wait("halted", timeout_s=300).status == "completed"
+    whole, halted = curve(bench, "whole"), curve(bench, "halted")
+    assert [s[0] for s in halted] == list(range(1, 17))
+    assert max(abs(a - b) for s, d in zip(whole, halted) for a, b in zip(s[1:], d[1:]) if a is not None) < 1e-4
+
+
+def ranks_left(bench: Workbench, name: str, within_s: float) -> list[int]:
+    """The job's processes (launcher and ranks, found by their command line) still alive after
+    `within_s` seconds of letting them exit."""
+    job_id = bench.job_status(name).job_id
+    deadline = time.monotonic() + within_s
+    while True:
+        left = [p.pid for p in psutil.process_iter(["cmdline", "status"])
+                if p.info["status"] != psutil.STATUS_ZOMBIE and job_id in (p.info["cmdline"] or [])]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
