@@ -4,6 +4,8 @@ process starts."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import mlx.core as mx
@@ -60,7 +62,7 @@ def test_impossible_combinations_are_refused_before_any_process_starts(bench):
 
 
 def test_a_stopped_two_rank_job_resumes_on_the_uninterrupted_curve(bench):
-    run = RUN | {"max_steps": 16, "save_every": 100, "eval_steps": 8, "num_workers": 2,
+    run = RUN | {"max_steps": 10, "save_every": 100, "eval_steps": 5, "num_workers": 2,
                  "distributed_backend": "ring"}
     bench.start_training(TrainingConfig(experiment_name="whole", **run))
     assert bench.wait("whole", timeout_s=300).status == "completed"
@@ -71,14 +73,36 @@ def test_a_stopped_two_rank_job_resumes_on_the_uninterrupted_curve(bench):
         assert bench.job_status("halted").status in ("queued", "running") and time.monotonic() < deadline
         time.sleep(0.2)
     stopped = bench.stop_training("halted")
-    assert stopped.state == "stopped" and 3 <= stopped.current_step < 16 and stopped.checkpoint
+    assert stopped.state == "stopped" and 3 <= stopped.current_step < 10 and stopped.checkpoint
     assert not ranks_left(bench, "halted", within_s=15)  # every rank ended, and the launcher
 
     assert bench.resume_training("halted").state in ("queued", "running")
     assert bench.wait("halted", timeout_s=300).status == "completed"
     whole, halted = curve(bench, "whole"), curve(bench, "halted")
-    assert [s[0] for s in halted] == list(range(1, 17))
+    assert [s[0] for s in halted] == list(range(1, 11))
     assert max(abs(a - b) for s, d in zip(whole, halted) for a, b in zip(s[1:], d[1:]) if a is not None) < 1e-4
+
+
+def test_a_rank_killed_fails_the_job_naming_it_and_the_job_resumes(bench):
+    run = RUN | {"max_steps": 10, "save_every": 2, "eval_steps": 100, "num_workers": 2}
+    bench.start_training(TrainingConfig(experiment_name="lost-rank", **run))
+    deadline = time.monotonic() + 300
+    while (status := bench.job_status("lost-rank")).current_step < 3:
+        assert status.status in ("queued", "running") and time.monotonic() < deadline
+        time.sleep(0.2)
+    rank_1 = next(r["pid"] for r in status.distributed["ranks"] if r["rank"] == 1)
+    os.kill(rank_1, signal.SIGKILL)
+
+    assert bench.wait("lost-rank", timeout_s=60).status == "failed"
+    assert not ranks_left(bench, "lost-rank", within_s=15)  # rank 0 and the launcher ended too
+    deadline = time.monotonic() + 15  # the job manager adds what mlx.launch said of the ranks
+    while not (failed := bench.job_status("lost-rank")).error.get("ranks") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "rank 1 exited with code -9" in failed.error["message"], failed.error
+    bench.resume_training("lost-rank")
+    assert bench.wait("lost-rank", timeout_s=300).status == "completed"
+    resumed = [e.message for e in bench.events("lost-rank").events if e.message.startswith("resuming from")]
+    assert resumed and int(resumed[-1].split()[-1]) in (2, 4, 6, 8)  # from its last checkpoint
 
 
 def ranks_left(bench: Workbench, name: str, within_s: float) -> list[int]:

@@ -79,6 +79,17 @@ class Ranks:
             return flag
         return bool(self.total(mx.array([1.0 if flag else 0.0])).item() > 0)
 
+    def describe(self, backend: str) -> dict | None:
+        """What the job's status shows of its ranks: backend, world size, each rank's pid and host
+        (one all-reduce: every rank contributes its own)."""
+        if self.size == 1:
+            return None
+        pids = [0] * self.size
+        pids[self.rank] = os.getpid()
+        everyone = self.total(mx.array(pids, dtype=mx.int32)).tolist()
+        return {"backend": backend_for(backend), "world_size": self.size,
+                "ranks": [{"rank": rank, "pid": pid} for rank, pid in enumerate(everyone)]}
+
     def lead_kernels(self, kernels: tuple[str, ...]) -> tuple[str, ...]:
         """Rank 0's fast kernels on every rank: each rank's calibration may measure differently, and
         ranks that computed with different kernels would not hold the same weights."""

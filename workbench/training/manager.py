@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,6 +224,13 @@ class JobManager:
     def _settle(self, job_id: str, worker: subprocess.Popen, code: int) -> None:
         """The end of a job whose worker exited without saying how it ended."""
         job = self.store.get(job_id)
+        # mlx.launch says which ranks ended badly; rank 0 only knew that a peer was lost.
+        distributed = job["config"].get("num_workers", 1) > 1
+        lost = _lost_ranks(Path(job["run_dir"]) / "worker.log") if distributed else []
+        if lost and job["status"] == "failed" and job["pid"] == worker.pid and not job["error"].get("ranks"):
+            self.store.update(job_id, error=job["error"] | {
+                "ranks": lost, "message": f"{'; '.join(lost)}: {job['error']['message']}"})
+            return
         # Only a job this worker still owns: a resumed job is queued again, with no pid.
         if job["status"] != "running" or job["pid"] != worker.pid:
             return
@@ -231,6 +239,8 @@ class JobManager:
             self.store.set_status(job_id, "stopped", "stopped while starting", phase="stopped")
             return
         error = self._deaths.get(job_id) or _death(f"exited with code {code}", Path(job["run_dir"]))
+        if lost:
+            error |= {"ranks": lost, "message": "; ".join(lost)}
         error["log_tail"] = _tail(Path(job["run_dir"]) / "worker.log")
         self.store.set_status(job_id, "failed", error["message"], level="error", phase="failed",
                               error=error)
@@ -295,6 +305,14 @@ def _death(how: str, runs: Path) -> dict:
         error |= {"code": "disk_full", "message": f"the worker {how}: No space left on device under "
                   f"{runs} ({free / 1024:.0f} KiB free)"}
     return error
+
+
+_RANK_END = re.compile(r"Node with rank (\d+) (was killed|exited with code -?\d+)")
+
+
+def _lost_ranks(log_path: Path) -> list[str]:
+    """The ranks mlx.launch reported ending badly, in the order it saw them ("rank 1 was killed")."""
+    return [f"rank {m.group(1)} {m.group(2)}" for m in _RANK_END.finditer(_tail(log_path, 200))]
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -79,7 +79,10 @@ class JobFields(Measures):
     policy: dict | None = Field(default=None, description="How the run computes: dtype, quantized "
                                 "products, compiled step, BLAS, kernels and the calibration behind them, "
                                 "memory limits.")
-    pid: int | None = Field(default=None, description="The worker process, while the job runs.")
+    pid: int | None = Field(default=None, description="The worker process (for num_workers > 1, mlx.launch), "
+                            "while the job runs.")
+    distributed: dict | None = Field(default=None, description="num_workers > 1: backend, world_size, and "
+                                     "each rank's pid.")
     error: dict | None = Field(default=None, description="How it failed: message, and where known the "
                                "exit code, signal and the worker log's tail.")
     created_at: float

@@ -96,10 +96,14 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
     config = TrainingConfig(**job["config"])
     # Under mlx.launch each rank runs this; rank 0 alone writes the store, checkpoints and adapter.
     ranks = Ranks.join(config.distributed_backend, config.num_workers)
+    shown = ranks.describe(config.distributed_backend)  # every rank takes part
     if not ranks.lead:
         return _follow(job, config, settings, stop, ranks)
-    store.update(job_id, pid=os.getpid(), started_at=job["started_at"] or time.time(),
-                 backend=current_backend())
+    # A data-parallel job's pid stays its launcher's (what the job manager watches); its ranks are
+    # listed under `distributed`.
+    store.update(job_id, pid=os.getpid() if ranks.size == 1 else job["pid"],
+                 started_at=job["started_at"] or time.time(), backend=current_backend(),
+                 distributed=shown)
     store.set_status(job_id, "running", f"worker {os.getpid()} started", phase="starting")
     if ranks.size > 1:
         store.event(job_id, "message", f"{ranks.size} ranks over {backend_for(config.distributed_backend)}",
