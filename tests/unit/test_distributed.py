@@ -83,26 +83,51 @@ def test_a_stopped_two_rank_job_resumes_on_the_uninterrupted_curve(bench):
     assert max(abs(a - b) for s, d in zip(whole, halted) for a, b in zip(s[1:], d[1:]) if a is not None) < 1e-4
 
 
-def test_a_rank_killed_fails_the_job_naming_it_and_the_job_resumes(bench):
-    run = RUN | {"max_steps": 10, "save_every": 2, "eval_steps": 100, "num_workers": 2}
+def test_a_rank_killed_or_frozen_fails_the_job_naming_it_and_the_job_resumes(bench):
+    run = RUN | {"max_steps": 12, "save_every": 2, "eval_steps": 100, "num_workers": 2,
+                 "distributed_timeout_s": 5}
     bench.start_training(TrainingConfig(experiment_name="lost-rank", **run))
-    deadline = time.monotonic() + 300
-    while (status := bench.job_status("lost-rank")).current_step < 3:
-        assert status.status in ("queued", "running") and time.monotonic() < deadline
-        time.sleep(0.2)
-    rank_1 = next(r["pid"] for r in status.distributed["ranks"] if r["rank"] == 1)
-    os.kill(rank_1, signal.SIGKILL)
 
+    # Killed: mlx.launch reports the rank, rank 0 loses its peer; nothing is left running.
+    rank_1 = rank_pid(bench, "lost-rank", rank=1, at_step=3)
+    os.kill(rank_1, signal.SIGKILL)
     assert bench.wait("lost-rank", timeout_s=60).status == "failed"
-    assert not ranks_left(bench, "lost-rank", within_s=15)  # rank 0 and the launcher ended too
-    deadline = time.monotonic() + 15  # the job manager adds what mlx.launch said of the ranks
-    while not (failed := bench.job_status("lost-rank")).error.get("ranks") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "rank 1 exited with code -9" in failed.error["message"], failed.error
+    assert not ranks_left(bench, "lost-rank", within_s=15)
+    assert "rank 1 exited with code -9" in error_with_ranks(bench, "lost-rank")["message"]
+    bench.resume_training("lost-rank")
+
+    # Frozen: no step within distributed_timeout_s; the watchdog names it and kills every rank.
+    frozen = rank_pid(bench, "lost-rank", rank=1, at_step=7)
+    os.kill(frozen, signal.SIGSTOP)
+    assert bench.wait("lost-rank", timeout_s=60).status == "failed"
+    error = error_with_ranks(bench, "lost-rank")
+    assert error["code"] == "rank_hung" and "rank 1 is stopped" in error["message"], error
+    assert not ranks_left(bench, "lost-rank", within_s=15)
+
     bench.resume_training("lost-rank")
     assert bench.wait("lost-rank", timeout_s=300).status == "completed"
-    resumed = [e.message for e in bench.events("lost-rank").events if e.message.startswith("resuming from")]
-    assert resumed and int(resumed[-1].split()[-1]) in (2, 4, 6, 8)  # from its last checkpoint
+    resumed = [int(e.message.split()[-1]) for e in bench.events("lost-rank").events
+               if e.message.startswith("resuming from")]
+    assert len(resumed) == 2 and all(step % 2 == 0 and step >= 2 for step in resumed)  # last checkpoints
+    assert [s.step for s in bench.metrics("lost-rank").steps] == list(range(1, 13))
+
+
+def rank_pid(bench: Workbench, name: str, rank: int, at_step: int) -> int:
+    """The pid of a rank of the job, once the job has done `at_step` steps."""
+    deadline = time.monotonic() + 300
+    while (status := bench.job_status(name)).current_step < at_step or status.phase != "training":
+        assert status.status in ("queued", "running") and time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return next(r["pid"] for r in status.distributed["ranks"] if r["rank"] == rank)
+
+
+def error_with_ranks(bench: Workbench, name: str) -> dict:
+    """The job's error once the job manager has added which ranks ended (it reads mlx.launch's report
+    when the launcher exits)."""
+    deadline = time.monotonic() + 15
+    while not (error := bench.job_status(name).error or {}).get("ranks") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return error
 
 
 def ranks_left(bench: Workbench, name: str, within_s: float) -> list[int]:

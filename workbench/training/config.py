@@ -99,6 +99,11 @@ class TrainingConfig(DataSpec, TrainingTarget):
         description="mx.distributed's backend when num_workers > 1: auto is nccl where CUDA is available, "
         "else ring (TCP).",
     )
+    distributed_timeout_s: float = Field(
+        default=300.0, ge=1.0, le=86400.0,
+        description="num_workers > 1: a training step not done within this many seconds means a rank "
+        "hangs; the job then ends failed (resumable) with every rank stopped.",
+    )
 
     # LoRA ---------------------------------------------------------------------------------------
     lora_rank: int = Field(default=8, ge=1, le=1024)

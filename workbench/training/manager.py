@@ -208,6 +208,7 @@ class JobManager:
             for job_id, worker in list(self._workers.items()):
                 code = worker.poll()
                 if code is None:
+                    self._watch_ranks(job_id, worker)
                     continue
                 # Settled first, forgotten after: if the store cannot be written (its disk is full),
                 # the next round tries again instead of leaving the job `running` for ever. Why it
@@ -220,6 +221,28 @@ class JobManager:
                 self._stopping.discard(job_id)
                 self._deaths.pop(job_id, None)
             self._schedule()
+
+    def _watch_ranks(self, job_id: str, worker: subprocess.Popen) -> None:
+        """A data-parallel job whose ranks made no step within `distributed_timeout_s` while training
+        has a rank hung (stopped, or stuck in a collective the others wait on): end it `failed`, kill
+        every rank, and leave it resumable from its last checkpoint."""
+        job = self.store.get(job_id)
+        config = job["config"]
+        if config.get("num_workers", 1) == 1 or job["status"] != "running" or job["phase"] != "training":
+            return
+        timeout = config.get("distributed_timeout_s", 300)
+        if time.time() - (job["updated_at"] or time.time()) < timeout:
+            return
+        ranks = _ranks_of(worker)
+        frozen = [f"rank {rank} is stopped (SIGSTOP)" for rank, process in ranks.items()
+                  if _status(process) == "stopped"]
+        why = "; ".join(frozen) or "a rank hangs"
+        message = f"no step for {timeout:g} s (distributed_timeout_s): {why}; every rank was killed"
+        self.store.set_status(job_id, "failed", message, level="error", phase="failed", error={
+            "code": "rank_hung", "message": message, "ranks": frozen or ["unknown"]})
+        for process in ranks.values():
+            with contextlib.suppress(Exception):
+                process.kill()
 
     def _settle(self, job_id: str, worker: subprocess.Popen, code: int) -> None:
         """The end of a job whose worker exited without saying how it ended."""
@@ -274,14 +297,10 @@ def _signal(worker: subprocess.Popen, signum: int) -> None:
     leave them writing to a closed pipe). Every rank hears it and they agree to stop at one step."""
     import psutil
 
-    try:
-        ranks = [child for child in psutil.Process(worker.pid).children(recursive=True)
-                 if "workbench.training.worker" in " ".join(child.cmdline())]
-    except psutil.Error:
-        ranks = []
+    ranks = _ranks_of(worker)
     if not ranks:
         worker.send_signal(signum)
-    for rank in ranks:
+    for rank in ranks.values():
         with contextlib.suppress(psutil.Error):
             rank.send_signal(signum)
 
@@ -305,6 +324,28 @@ def _death(how: str, runs: Path) -> dict:
         error |= {"code": "disk_full", "message": f"the worker {how}: No space left on device under "
                   f"{runs} ({free / 1024:.0f} KiB free)"}
     return error
+
+
+def _ranks_of(worker: subprocess.Popen) -> dict:
+    """The ranks mlx.launch started, by rank (psutil processes)."""
+    import psutil
+
+    found = {}
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(worker.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "workbench.training.worker" in " ".join(child.cmdline()):
+                    found[int(child.environ().get("MLX_RANK", len(found)))] = child
+    return found
+
+
+def _status(process) -> str:
+    import psutil
+
+    try:
+        return process.status()
+    except psutil.Error:
+        return "gone"
 
 
 _RANK_END = re.compile(r"Node with rank (\d+) (was killed|exited with code -?\d+)")
