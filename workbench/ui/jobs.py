@@ -45,7 +45,7 @@ class JobsPanel(Panel):
             self.fail(exc)
             return None
         self.table.value = table(
-            ["experiment", "job", "type", "status", "phase", "step", "loss", "val loss", "tokens/s",
+            ["experiment", "job", "type", "ranks", "status", "phase", "step", "loss", "val loss", "tokens/s",
              "peak MB", "created", "finished"],
             [_row(job) for job in self.jobs],
         )
@@ -86,6 +86,7 @@ def _row(job) -> list:
     total = job.total_steps
     return [
         job.experiment_name, job.job_id, job.training_type,
+        job.distributed["world_size"] if job.distributed else 1,
         Markup(f'<b style="color:{colour}">{escape(job.status)}</b>'), job.phase,
         f"{job.current_step}/{total}" if total else str(job.current_step),
         job.loss, job.eval_loss, job.tokens_per_s, job.peak_memory_mb,
