@@ -1,5 +1,6 @@
 """What the MLX benchmarks share: the models they build, the fp32 copy every CPU side trains on, a
-model's shape and size, and the log tails a failed run shows.
+model's shape and size, the log tails a failed run shows, text rows from the shipped corpus, and a
+job run to its end through an in-process Workbench with its step figures.
 
 Importing it imports the workbench first, which puts the system OpenBLAS under MLX; that only works
 while MLX is not yet loaded (workbench/blas.py), so a script imports this before mlx.core.
@@ -14,6 +15,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bare_step import speed
 
 import workbench  # noqa: F401  (OpenBLAS under MLX, before mlx.core)
 from workbench.models.builder import builtin_spec, ensure_built, folder_for
@@ -95,3 +98,42 @@ def print_tails(logs: list[Path], chars: int = 3000) -> None:
     for log in logs:
         if log.exists():
             print(f"--- log tail ({log}) ---\n{log.read_text(errors='replace')[-chars:]}", file=sys.stderr)
+
+
+def corpus_rows(count: int, chars: int) -> list[dict]:
+    """Text rows long enough to fill `chars` characters, cut from the corpus the workbench ships."""
+    corpus = Path(__file__).resolve().parents[1] / "workbench" / "models" / "corpus"
+    text = " ".join(p.read_text() for p in sorted(corpus.glob("*.txt")))
+    text = " ".join(text.split())
+    while len(text) < chars * 2:
+        text = text + " " + text
+    step = max((len(text) - chars) // count, 1)
+    return [{"text": text[i * step:i * step + chars]} for i in range(count)]
+
+
+def run_job(bench, config, timeout: float) -> dict:
+    """A job through `Workbench` in this process (its workers as under the service), to its end."""
+    from workbench.training.config import TrainingConfig
+
+    name = config["experiment_name"]
+    bench.start_training(TrainingConfig(**config))
+    job = bench.wait(name, timeout)
+    if job.status in ("queued", "running"):
+        raise SystemExit(f"job {name} did not end within {timeout:.0f} s")
+    if job.status != "completed":
+        print_tails(sorted((bench.settings.home_dir / "runs").glob("*/worker.log")))
+        raise SystemExit(f"job {name} {job.status}: {job.error}")
+    steps = [m for m in bench.metrics(name).steps if m.tokens]
+    step_one = next(e.time for e in bench.events(name).events if e.type == "metrics")
+    return {"job": job, "steps": steps, "start_to_step_1": step_one - job.started_at}
+
+
+def job_figures(result: dict, warmup: int) -> dict:
+    steps = result["steps"]
+    seconds = [m.tokens / m.tokens_per_s for m in steps]
+    return {
+        **speed([m.tokens for m in steps], seconds, warmup),
+        "start_to_step_1": result["start_to_step_1"],
+        "peak_mb": max(m.peak_memory_mb for m in steps),
+        "policy": result["job"].policy,
+    }

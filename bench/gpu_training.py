@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bare_step import bare_step, speed
-from common import print_tails  # importing it puts OpenBLAS under MLX on the CPU, before mlx.core
+from bare_step import bare_step
+from common import corpus_rows, job_figures, run_job  # importing it puts OpenBLAS under MLX first
 from table import machine_line, print_table, row, version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,16 +61,6 @@ parser.add_argument("--skip-torch-compile", action="store_true", help="no torch.
 parser.add_argument("--job-timeout", type=float, default=900.0)
 
 
-def corpus_rows(count: int, chars: int) -> list[dict]:
-    """Text rows long enough to fill --seq tokens, cut from the corpus the workbench ships."""
-    text = " ".join(p.read_text() for p in sorted((ROOT / "workbench/models/corpus").glob("*.txt")))
-    text = " ".join(text.split())
-    while len(text) < chars * 2:
-        text = text + " " + text
-    step = max((len(text) - chars) // count, 1)
-    return [{"text": text[i * step:i * step + chars]} for i in range(count)]
-
-
 def job_config(name: str, model: str, args) -> dict:
     return {
         "experiment_name": name, "model_name": model, "training_type": "lora",
@@ -80,34 +70,6 @@ def job_config(name: str, model: str, args) -> dict:
         "lora_rank": args.rank, "lora_alpha": args.alpha, "lora_dropout": 0.0, "lora_layers": -1,
         "lora_targets": args.targets.split(",") if args.targets else None,
         "mask_prompt": False, "seed": 0, "save_every": 1_000_000, "eval_steps": 1_000_000,
-    }
-
-
-def run_job(workbench, config, timeout: float) -> dict:
-    """A job through `Workbench` in this process (its workers as under the service), to its end."""
-    from workbench.training.config import TrainingConfig
-
-    name = config["experiment_name"]
-    workbench.start_training(TrainingConfig(**config))
-    job = workbench.wait(name, timeout)
-    if job.status in ("queued", "running"):
-        raise SystemExit(f"job {name} did not end within {timeout:.0f} s")
-    if job.status != "completed":
-        print_tails(sorted((workbench.settings.home_dir / "runs").glob("*/worker.log")))
-        raise SystemExit(f"job {name} {job.status}: {job.error}")
-    steps = [m for m in workbench.metrics(name).steps if m.tokens]
-    step_one = next(e.time for e in workbench.events(name).events if e.type == "metrics")
-    return {"job": job, "steps": steps, "start_to_step_1": step_one - job.started_at}
-
-
-def job_figures(result: dict, warmup: int) -> dict:
-    steps = result["steps"]
-    seconds = [m.tokens / m.tokens_per_s for m in steps]
-    return {
-        **speed([m.tokens for m in steps], seconds, warmup),
-        "start_to_step_1": result["start_to_step_1"],
-        "peak_mb": max(m.peak_memory_mb for m in steps),
-        "policy": result["job"].policy,
     }
 
 

@@ -42,3 +42,14 @@ def test_cpu_kernels_benchmark_names_its_cpu_and_prints_each_choice(models_dir, 
     for measure in ("OpenBLAS fp32 product on", "(chosen)", "on 1.2e-38 vs on 1.0", "masked scores 0",
                     "fast kernels on", "fast kernels auto", "calibration took"):
         assert measure in done.stdout
+
+
+def test_distributed_benchmark_prints_scaling_against_one_rank(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/distributed.py", "--quick", "--models", models_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for measure in ("1 rank, batch 2: tokens/s", "2 ranks, global batch 2 (strong)", "2 ranks, global batch 4 (weak)"):
+        assert measure in done.stdout
+    assert "cpu: " in done.stdout  # the figures name the processor they were measured on
