@@ -45,6 +45,7 @@ class JobManager:
         self._workers: dict[str, subprocess.Popen] = {}
         self._stopping: set[str] = set()  # jobs asked to stop: a SIGTERM that ends one is a stop
         self._deaths: dict[str, dict] = {}  # the error of a dead worker whose job is not yet settled
+        self._ranked: set[str] = set()  # jobs whose worker is mlx.launch: the watchdog reads only these
         self._lock = threading.RLock()
         self._closed = threading.Event()
         # Only the service manages workers; the command line runs its one job in its own process.
@@ -194,6 +195,8 @@ class JobManager:
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.store.update(job["job_id"], pid=worker.pid)
         self._workers[job["job_id"]] = worker
+        if config.get("num_workers", 1) > 1:
+            self._ranked.add(job["job_id"])
         log.info("job %s (%s) started in worker %d", job["job_id"], job["experiment_name"], worker.pid)
 
     def _watch(self) -> None:
@@ -208,7 +211,8 @@ class JobManager:
             for job_id, worker in list(self._workers.items()):
                 code = worker.poll()
                 if code is None:
-                    self._watch_ranks(job_id, worker)
+                    if job_id in self._ranked:  # a store read every round only for data-parallel jobs
+                        self._watch_ranks(job_id, worker)
                     continue
                 # Settled first, forgotten after: if the store cannot be written (its disk is full),
                 # the next round tries again instead of leaving the job `running` for ever. Why it
@@ -218,6 +222,7 @@ class JobManager:
                     self._deaths[job_id] = _death(how, self.settings.home_dir / "runs")
                 self._settle(job_id, worker, code)
                 del self._workers[job_id]
+                self._ranked.discard(job_id)
                 self._stopping.discard(job_id)
                 self._deaths.pop(job_id, None)
             self._schedule()
@@ -228,7 +233,7 @@ class JobManager:
         every rank, and leave it resumable from its last checkpoint."""
         job = self.store.get(job_id)
         config = job["config"]
-        if config.get("num_workers", 1) == 1 or job["status"] != "running" or job["phase"] != "training":
+        if job["status"] != "running" or job["phase"] != "training":
             return
         timeout = config.get("distributed_timeout_s", 300)
         if time.time() - (job["updated_at"] or time.time()) < timeout:
