@@ -35,6 +35,18 @@ def test_train_from_a_yaml_file(tmp_path, models_dir):
     assert Settings(home=tmp_path / "home").home_dir == Path(job["run_dir"]).parents[2]
 
 
+def test_train_data_parallel_from_a_yaml_file(tmp_path, models_dir):
+    done = run_cli(tmp_path, models_dir, "experiment_name: two_ranks\ntraining_type: lora\ndataset: alpaca\n"
+                   "max_steps: 4\nbatch_size: 2\nnum_workers: 2\n")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "two_ranks: completed" in done.stdout and "2 ranks over ring" in done.stderr + done.stdout
+    assert "4/4" in done.stderr  # the progress bar, drawn from rank 0's metrics
+
+    job = JobStore(tmp_path / "home" / "workbench.db").latest("two_ranks")
+    assert job["status"] == "completed" and job["distributed"]["world_size"] == 2
+    assert (Path(job["adapter_path"]) / "adapters.safetensors").exists()
+
+
 def test_a_bad_configuration_names_the_field(tmp_path, models_dir):
     done = run_cli(tmp_path, models_dir, "experiment_name: bad\ntraining_type: lora\ndataset: alpaca\n"
                    "batch_size: -2\n")

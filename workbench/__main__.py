@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -66,6 +67,8 @@ def train(config_path: Path, resume: bool) -> int:
     except (OSError, yaml.YAMLError, ValidationError) as exc:
         print(f"{config_path}: {exc}", file=sys.stderr)
         return 2
+    if config.num_workers > 1:  # its ranks are processes of their own, under mlx.launch
+        return train_ranks(config, resume)
     bench = Workbench(manage_jobs=False)  # a running service manages its own jobs
     try:
         job = bench.jobs.resume(config.experiment_name, launch=False) if resume else bench.jobs.start(
@@ -78,6 +81,38 @@ def train(config_path: Path, resume: bool) -> int:
     finally:
         bench.close()
     print(f"{config.experiment_name}: {status}")
+    return 0 if status == "completed" else 1
+
+
+def train_ranks(config, resume: bool) -> int:
+    """A data-parallel job: started by this process's job manager as the service starts one, and
+    drawn from its events as a job in this process is; Ctrl-C stops it at a checkpoint."""
+    from workbench.core import Workbench
+
+    bench = Workbench()
+    name = config.experiment_name
+    try:
+        bench.resume_training(name) if resume else bench.start_training(config)
+        bar, seen, ended = BarReporter(Reporter()), 0, False
+        while not ended:
+            time.sleep(0.5)
+            page = bench.events(name, after=seen)
+            for event in page.events:
+                seen = event.id
+                if event.type == "metrics" and "total_steps" in (event.data or {}):
+                    bar.step(event.data["step"], event.data["total_steps"], event.data)
+                elif event.type != "metrics":
+                    bar.note(event.message)
+            ended = page.ended
+        status = bench.job_status(name).status
+    except InputError as exc:
+        print(f"{exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        status = bench.stop_training(name).status
+    finally:
+        bench.close()
+    print(f"{name}: {status}")
     return 0 if status == "completed" else 1
 
 

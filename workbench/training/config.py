@@ -7,9 +7,9 @@ Defaults run on the tiny local model in seconds.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from workbench.data.spec import DatasetFormat, DataSpec  # noqa: F401  (DatasetFormat: the panels read it here)
 
@@ -17,6 +17,12 @@ from workbench.data.spec import DatasetFormat, DataSpec  # noqa: F401  (DatasetF
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # The same, anchored, as a JSON schema states it (a schema's pattern matches anywhere otherwise).
 EXPERIMENT_NAME_PATTERN = f"^(?:{EXPERIMENT_NAME.pattern})$"
+# An IPv4/IPv6 address or a host name, and a hostfile's name in <home>/hosts/ (no path).
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$"
+HOSTFILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.json$"
+HostList = Annotated[list[Annotated[str, StringConstraints(pattern=HOST_PATTERN)]],
+                     Field(min_length=1, max_length=64)]
+HostfileName = Annotated[str, StringConstraints(pattern=HOSTFILE_PATTERN)]
 LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 # Bounds that keep every number inside what the worker hands to MLX (a memory limit is a size_t of
@@ -98,6 +104,13 @@ class TrainingConfig(DataSpec, TrainingTarget):
         default="auto",
         description="mx.distributed's backend when num_workers > 1: auto is nccl where CUDA is available, "
         "else ring (TCP).",
+    )
+    hosts: HostList | HostfileName | None = Field(
+        default=None,
+        description="num_workers > 1: where the ranks run. Default: this machine. A list of addresses "
+        "(num_workers spread evenly over them, reached by ssh as mlx.launch reaches them; the ring "
+        "needs IP addresses), or the name of a hostfile in mlx.launch's JSON format in <home>/hosts/. "
+        "The first host runs rank 0, which writes the job's store: it must share this workbench's home.",
     )
     distributed_timeout_s: float = Field(
         default=300.0, ge=1.0, le=86400.0,

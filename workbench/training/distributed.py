@@ -16,10 +16,13 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx._distributed_utils.common import Hostfile
 from mlx.utils import tree_map
 
 from workbench.errors import InputError
+from workbench.training import hosts
 
+STOP_FILE = "stop-request"  # in the run folder: why the ranks should stop (manager.py writes it)
 KERNELS = ("loss", "swiglu", "attention")  # the fast kernels a rank may run: all ranks run rank 0's
 
 
@@ -34,9 +37,10 @@ def available() -> list[str]:
     return [name for name in ("ring", "jaccl", "mpi", "nccl") if mx.distributed.is_available(name)]
 
 
-def check(config) -> None:
+def check(config, home: Path) -> Hostfile:
     """What a data-parallel job needs before any process starts: ranks that share each batch evenly,
-    and a backend this MLX has (InputError naming the field otherwise)."""
+    a backend this MLX has, and hosts that can run them (InputError naming the field otherwise).
+    Answers the hosts, one a rank, as mlx.launch's Hostfile, with the environment the ranks need."""
     if config.batch_size % config.num_workers:
         raise InputError("batch_size", f"batch_size ({config.batch_size}) must divide by num_workers "
                          f"({config.num_workers}): it is the global batch, shared evenly by the ranks")
@@ -44,6 +48,9 @@ def check(config) -> None:
     if not mx.distributed.is_available(backend):
         raise InputError("distributed_backend", f"{backend} is not available in this MLX build "
                          f"(available: {', '.join(available()) or 'none'})")
+    found = hosts.resolve(config, home, backend)
+    hosts.split_cores(found, hosts.check(found, home))
+    return found
 
 
 class Ranks:
@@ -79,16 +86,18 @@ class Ranks:
             return flag
         return bool(self.total(mx.array([1.0 if flag else 0.0])).item() > 0)
 
-    def describe(self, backend: str) -> dict | None:
-        """What the job's status shows of its ranks: backend, world size, each rank's pid and host
-        (one all-reduce: every rank contributes its own)."""
+    def describe(self, backend: str, run_dir: Path) -> dict | None:
+        """What the job's status shows of its ranks: backend, world size, hosts, each rank's host and
+        pid (one all-reduce: every rank contributes its own)."""
         if self.size == 1:
             return None
         pids = [0] * self.size
         pids[self.rank] = os.getpid()
         everyone = self.total(mx.array(pids, dtype=mx.int32)).tolist()
-        return {"backend": backend_for(backend), "world_size": self.size,
-                "ranks": [{"rank": rank, "pid": pid} for rank, pid in enumerate(everyone)]}
+        where = hosts.of_ranks(run_dir)
+        return {"backend": backend_for(backend), "world_size": self.size, "hosts": list(dict.fromkeys(where)),
+                "ranks": [{"rank": rank, "host": host, "pid": pid}
+                          for rank, (host, pid) in enumerate(zip(where, everyone))]}
 
     def lead_kernels(self, kernels: tuple[str, ...]) -> tuple[str, ...]:
         """Rank 0's fast kernels on every rank: each rank's calibration may measure differently, and
@@ -114,6 +123,22 @@ class Ranks:
             return loss, tokens
         both = self.total(mx.stack([loss * tokens, tokens.astype(mx.float32)]))
         return both[0] / both[1], both[1]
+
+
+def request_stop(run_dir: Path, reason: str | None) -> None:
+    """Ask a data-parallel job's ranks to stop (`stopped`, `interrupted`), or withdraw the request."""
+    path = run_dir / STOP_FILE
+    if reason is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(reason)
+
+
+def stop_requested(run_dir: Path) -> str | None:
+    try:
+        return (run_dir / STOP_FILE).read_text().strip() or "stopped"
+    except OSError:
+        return None
 
 
 def launcher() -> str:
@@ -145,15 +170,10 @@ def _free(port: int) -> bool:
     return True
 
 
-def launch_command(job_id: str, world: int, backend: str, hosts: list[str] | None) -> list[str]:
-    """The command that starts a job's `world` worker ranks under mlx.launch."""
-    hosts = hosts or ["127.0.0.1"]
-    command = [launcher(), "--backend", backend_for(backend), "--hosts", ",".join(hosts),
-               "-n", str(world // len(hosts))]
+def launch_command(job_id: str, backend: str, hostfile: Path, world: int) -> list[str]:
+    """The command that starts a job's worker ranks under mlx.launch, on the hosts its hostfile
+    lists (hosts.save)."""
+    command = [launcher(), "--backend", backend_for(backend), "--hostfile", str(hostfile)]
     if backend_for(backend) == "ring":
         command += ["--starting-port", str(free_ports(world))]
     return command + ["--", sys.executable, "-m", "workbench.training.worker", job_id]
-
-
-def rank_from_env() -> int:
-    return int(os.environ.get("MLX_RANK", "0"))

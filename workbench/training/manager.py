@@ -77,10 +77,11 @@ class JobManager:
         if config.batch_size > summary.train_rows:
             raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
                              f"rows of {summary.source} (after validation_split {config.validation_split})")
+        ranks_at = None
         if config.num_workers > 1:
             from workbench.training import distributed
 
-            distributed.check(config)
+            ranks_at = distributed.check(config, self.settings.home_dir)
         name = config.experiment_name
         space.require_room(self.run_root(name), space.checkpoint_bytes(resolved.path, config))
         with self._lock:
@@ -92,6 +93,10 @@ class JobManager:
             job = self.store.create(name, config.model_dump(), self.run_root(name), resolved.path,
                                     status="queued" if launch else "running", request_id=request_id)
             examples.save(Path(job["run_dir"]))
+            if ranks_at is not None:
+                from workbench.training import hosts
+
+                hosts.save(ranks_at, Path(job["run_dir"]), self.settings.as_env())
             if launch:
                 self._schedule()
         return self.store.get(job["job_id"])
@@ -112,7 +117,7 @@ class JobManager:
                 worker = self._workers.get(job["job_id"])
                 if worker is not None and worker.poll() is None:
                     self._stopping.add(job["job_id"])
-                    _signal(worker, signal.SIGTERM)  # the worker checkpoints, then marks itself stopped
+                    self._ask_to_stop(job, worker, "stopped")  # it checkpoints, then marks itself stopped
                     self.store.event(job["job_id"], "message", "stop requested")
                 else:
                     self.store.set_status(job["job_id"], "stopped", "stopped (no live worker)",
@@ -185,11 +190,12 @@ class JobManager:
         log_file = os.open(run_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         config = job["config"]
         command = [sys.executable, "-m", "workbench.training.worker", job["job_id"]]
-        if config.get("num_workers", 1) > 1:  # the ranks, under MLX's launcher
+        if config.get("num_workers", 1) > 1:  # the ranks, under MLX's launcher, on the hosts kept
             from workbench.training import distributed
 
-            command = distributed.launch_command(job["job_id"], config["num_workers"],
-                                                 config["distributed_backend"], None)
+            distributed.request_stop(run_dir, None)  # a resumed job's earlier request is done
+            command = distributed.launch_command(job["job_id"], config["distributed_backend"],
+                                                 run_dir / "hosts.json", config["num_workers"])
         with open(log_file, "ab") as out:
             worker = subprocess.Popen(command, env=os.environ | self.settings.as_env(), stdout=out,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -198,6 +204,18 @@ class JobManager:
         if config.get("num_workers", 1) > 1:
             self._ranked.add(job["job_id"])
         log.info("job %s (%s) started in worker %d", job["job_id"], job["experiment_name"], worker.pid)
+
+    def _ask_to_stop(self, job: dict, worker: subprocess.Popen, reason: str) -> None:
+        """Ask a job's worker to checkpoint and end `stopped` (or `interrupted`: the service is
+        shutting down). Data-parallel ranks read it from their run folder instead of a signal: rank 0
+        may run under ssh, out of a signal's reach, and it shares that folder; the ranks then agree
+        to stop at one step."""
+        if job["job_id"] in self._ranked:
+            from workbench.training import distributed
+
+            distributed.request_stop(Path(job["run_dir"]), reason)
+        else:
+            worker.send_signal(signal.SIGTERM if reason == "stopped" else signal.SIGUSR1)
 
     def _watch(self) -> None:
         while not self._closed.wait(0.5):
@@ -238,7 +256,7 @@ class JobManager:
         timeout = config.get("distributed_timeout_s", 300)
         if time.time() - (job["updated_at"] or time.time()) < timeout:
             return
-        ranks = _ranks_of(worker)
+        ranks = _ranks_of(job_id)
         frozen = [f"rank {rank} is stopped (SIGSTOP)" for rank, process in ranks.items()
                   if _status(process) == "stopped"]
         why = "; ".join(frozen) or "a rank hangs"
@@ -286,28 +304,15 @@ class JobManager:
         """Shutting down: running jobs checkpoint and end `interrupted`, to resume later."""
         self._closed.set()
         with self._lock:
-            for worker in self._workers.values():
+            for job_id, worker in self._workers.items():
                 if worker.poll() is None:
-                    _signal(worker, signal.SIGUSR1)
+                    self._ask_to_stop(self.store.get(job_id), worker, "interrupted")
         for worker in list(self._workers.values()):
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
         self._reap()
-
-
-def _signal(worker: subprocess.Popen, signum: int) -> None:
-    """Signal a job's worker; under mlx.launch, its ranks (the launcher itself would end at once and
-    leave them writing to a closed pipe). Every rank hears it and they agree to stop at one step."""
-    import psutil
-
-    ranks = _ranks_of(worker)
-    if not ranks:
-        worker.send_signal(signum)
-    for rank in ranks.values():
-        with contextlib.suppress(psutil.Error):
-            rank.send_signal(signum)
 
 
 def _alive(pid: int) -> bool:
@@ -331,16 +336,18 @@ def _death(how: str, runs: Path) -> dict:
     return error
 
 
-def _ranks_of(worker: subprocess.Popen) -> dict:
-    """The ranks mlx.launch started, by rank (psutil processes)."""
+def _ranks_of(job_id: str) -> dict:
+    """The job's ranks running on this machine, by rank (psutil processes): found by command line,
+    since a rank mlx.launch started by ssh (even to this machine) is not the launcher's child."""
     import psutil
 
     found = {}
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(worker.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "workbench.training.worker" in " ".join(child.cmdline()):
-                    found[int(child.environ().get("MLX_RANK", len(found)))] = child
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if (process.info["cmdline"] or [])[-2:] == ["workbench.training.worker", job_id]:
+                rank = process.environ().get("MLX_RANK")  # the launcher, whose command ends alike, has none
+                if rank is not None:
+                    found[int(rank)] = process
     return found
 
 

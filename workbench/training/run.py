@@ -246,11 +246,13 @@ class TrainingRun:
                 if self.ranks.lead:
                     self.reporter.checkpoint(step, self._save(model, optimizer, step, batches))
                 return step, reason or "stopped"
-            loss, tokens, elapsed, counts = one_step(batches)
+            loss, tokens, elapsed, counts, speeds = one_step(batches)
             step += 1
             faults.reach("step", step)
             if not math.isfinite(loss):
                 raise LossNotFinite("the training loss", step, loss)
+            if self.ranks.size > 1:
+                self.reporter.rank_speeds(speeds)
             self.reporter.step(step, total, {
                 "loss": loss, "learning_rate": float(optimizer.learning_rate), "tokens": tokens,
                 # Trained tokens (as mlx-lm counts them), real input tokens, and every position
@@ -288,10 +290,10 @@ class TrainingRun:
 
         @partial(mx.compile, inputs=state, outputs=state)
         def step(arrays, previous, do_update):
-            (loss, tokens), grads = loss_and_grad(model, *arrays)
+            (loss, own), grads = loss_and_grad(model, *arrays)
             # Over every rank's share of the batch: the gradient and loss one process would get.
-            grads = ranks.weighted_gradients(grads, tokens)
-            loss, tokens = ranks.mean_loss(loss, tokens)
+            grads = ranks.weighted_gradients(grads, own)
+            loss, tokens = ranks.mean_loss(loss, own)
             if previous is not None:
                 grads = tree_map(lambda a, b: a + b, grads, previous)
             if do_update:
@@ -301,24 +303,31 @@ class TrainingRun:
                     grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
                 optimizer.update(model, grads)
                 grads = None
-            return loss, tokens, grads
+            return loss, tokens, own, grads
 
         def one_step(batches):
-            """Loss, trained tokens, the seconds the step's compute took (not the batch fetch), and
-            the real and padded token counts of its batches."""
+            """Loss and trained tokens (over every rank), the seconds the step's compute took (not
+            the batch fetch), the real and padded token counts of its batches, and each rank's own
+            trained tokens per second."""
             micro_batches = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
             tic = time.perf_counter()
-            weighted, counts, grads = [], [], None
+            weighted, counts, mine, grads = [], [], [], None
             for micro, batch in enumerate(micro_batches, 1):
-                loss, tokens, grads = step(batch.arrays, grads, micro == cfg.gradient_accumulation_steps)
+                loss, tokens, own, grads = step(batch.arrays, grads, micro == cfg.gradient_accumulation_steps)
                 weighted.append(loss * tokens)
                 counts.append(tokens)
+                mine.append(own)
             total = sum(counts)
             loss = sum(weighted) / total
-            mx.eval(loss, total, state)
-            shares = ranks.total(mx.array([[b.tokens, b.positions] for b in micro_batches]).sum(axis=0))
-            sizes = batching.Batch((), *(int(n) for n in shares.tolist()))
-            return loss.item(), int(total.item()), time.perf_counter() - tic, sizes
+            mx.eval(loss, total, mine, state)
+            elapsed = time.perf_counter() - tic
+            # One all-reduce: the batches' token counts summed, and each rank's speed in its own slot.
+            speeds = [0.0] * ranks.size
+            speeds[ranks.rank] = sum(m.item() for m in mine) / elapsed
+            summed = ranks.total(mx.array([sum(b.tokens for b in micro_batches),
+                                           sum(b.positions for b in micro_batches), *speeds])).tolist()
+            sizes = batching.Batch((), int(summed[0]), int(summed[1]))
+            return loss.item(), int(total.item()), elapsed, sizes, summed[2:]
 
         return one_step
 

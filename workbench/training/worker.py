@@ -23,7 +23,7 @@ from workbench.errors import InputError
 from workbench.settings import Settings
 from workbench.training.checkpoint import DiskFull
 from workbench.training.config import TrainingConfig
-from workbench.training.distributed import Ranks, backend_for
+from workbench.training.distributed import Ranks, backend_for, stop_requested
 from workbench.training.policy import current_backend, use_kernel_cache
 from workbench.training.record import METRICS
 from workbench.training.reporter import Reporter
@@ -36,8 +36,9 @@ log = logging.getLogger("workbench.worker")
 class StoreReporter(Reporter):
     """Writes a run's progress to the job store, where the service and notebooks read it."""
 
-    def __init__(self, store: JobStore, job_id: str):
+    def __init__(self, store: JobStore, job_id: str, distributed: dict | None = None):
         self.store, self.job_id = store, job_id
+        self.distributed = distributed  # the ranks the status shows, with their latest speeds
 
     def phase(self, name: str, message: str) -> None:
         self.store.update(self.job_id, phase=name)
@@ -55,6 +56,12 @@ class StoreReporter(Reporter):
         self.store.metric(self.job_id, step, **metrics)
         self.store.update(self.job_id, **metrics)
         self.store.event(self.job_id, "metrics", f"step {step}: {metrics}", data={"step": step, **metrics})
+
+    def rank_speeds(self, tokens_per_s: list[float]) -> None:
+        if self.distributed is not None:
+            for rank, speed in zip(self.distributed["ranks"], tokens_per_s):
+                rank["tokens_per_s"] = speed
+            self.store.update(self.job_id, distributed=self.distributed)
 
     def checkpoint(self, step: int, path: Path) -> None:
         self.store.update(self.job_id, checkpoint=str(path))
@@ -75,6 +82,7 @@ class StopSignals:
     def __init__(self):
         self.reason: str | None = None
         self.parent = os.getppid()
+        self.run_dir: Path | None = None  # a data-parallel rank's: the job manager asks there
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)  # Ctrl-C in `python -m workbench train`
         signal.signal(signal.SIGUSR1, self._on_shutdown)  # the service is shutting down
@@ -88,6 +96,8 @@ class StopSignals:
     def __call__(self) -> str | None:
         if self.reason is None and os.getppid() != self.parent:
             self.reason = "interrupted"
+        if self.reason is None and self.run_dir is not None:
+            self.reason = stop_requested(self.run_dir)
         return self.reason
 
 
@@ -96,7 +106,9 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
     config = TrainingConfig(**job["config"])
     # Under mlx.launch each rank runs this; rank 0 alone writes the store, checkpoints and adapter.
     ranks = Ranks.join(config.distributed_backend, config.num_workers)
-    shown = ranks.describe(config.distributed_backend)  # every rank takes part
+    shown = ranks.describe(config.distributed_backend, Path(job["run_dir"]))  # every rank takes part
+    if ranks.size > 1:
+        stop.run_dir = Path(job["run_dir"])
     if not ranks.lead:
         return _follow(job, config, settings, stop, ranks)
     # A data-parallel job's pid stays its launcher's (what the job manager watches); its ranks are
@@ -108,7 +120,7 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
     if ranks.size > 1:
         store.event(job_id, "message", f"{ranks.size} ranks over {backend_for(config.distributed_backend)}",
                     data={"world_size": ranks.size})
-    reporter = reporter or StoreReporter(store, job_id)
+    reporter = reporter or StoreReporter(store, job_id, shown)
     run_dir = Path(job["run_dir"])
     try:
         # A job submitted before jobs kept their rows reads its source here.
