@@ -17,12 +17,9 @@ from workbench.data.spec import DatasetFormat, DataSpec  # noqa: F401  (DatasetF
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # The same, anchored, as a JSON schema states it (a schema's pattern matches anywhere otherwise).
 EXPERIMENT_NAME_PATTERN = f"^(?:{EXPERIMENT_NAME.pattern})$"
-# An IPv4/IPv6 address or a host name, and a hostfile's name in <home>/hosts/ (no path).
+# An IPv4/IPv6 address, a host name, or a hostfile's name in <home>/hosts/ (no path: no slash).
 HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$"
-HOSTFILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.json$"
-HostList = Annotated[list[Annotated[str, StringConstraints(pattern=HOST_PATTERN)]],
-                     Field(min_length=1, max_length=64)]
-HostfileName = Annotated[str, StringConstraints(pattern=HOSTFILE_PATTERN)]
+HostName = Annotated[str, StringConstraints(pattern=HOST_PATTERN)]
 LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 # Bounds that keep every number inside what the worker hands to MLX (a memory limit is a size_t of
@@ -105,11 +102,12 @@ class TrainingConfig(DataSpec, TrainingTarget):
         description="mx.distributed's backend when num_workers > 1: auto is nccl where CUDA is available, "
         "else ring (TCP).",
     )
-    hosts: HostList | HostfileName | None = Field(
-        default=None,
+    hosts: list[HostName] | None = Field(
+        default=None, min_length=1, max_length=64,
         description="num_workers > 1: where the ranks run. Default: this machine. A list of addresses "
         "(num_workers spread evenly over them, reached by ssh as mlx.launch reaches them; the ring "
-        "needs IP addresses), or the name of a hostfile in mlx.launch's JSON format in <home>/hosts/. "
+        "needs IP addresses), or the name of a hostfile in mlx.launch's JSON format in <home>/hosts/ "
+        "(lab.json), one rank a host. "
         "The first host runs rank 0, which writes the job's store: it must share this workbench's home.",
     )
     distributed_timeout_s: float = Field(
@@ -152,8 +150,15 @@ class TrainingConfig(DataSpec, TrainingTarget):
                 raise ValueError(f"{name!r} is not a layer name such as q_proj or self_attn.q_proj")
         return value
 
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _one_or_more(cls, value):
+        return [value] if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _consistent(self):
+        if self.hostfile and len(self.hosts) > 1:
+            raise ValueError("hosts: a hostfile lists the hosts itself: name it alone")
         if self.quantization and self.training_type != "qlora":
             raise ValueError("quantization applies to training_type qlora only")
         if self.lora_targets and self.training_type == "sft":
@@ -161,6 +166,11 @@ class TrainingConfig(DataSpec, TrainingTarget):
         if self.training_type == "qlora" and self.quantization is None:
             self.quantization = "int4"
         return self
+
+    @property
+    def hostfile(self) -> str | None:
+        """The hostfile `hosts` names, if it names one (a name ending in .json)."""
+        return next((h for h in self.hosts or [] if h.endswith(".json")), None)
 
     @property
     def quantization_bits(self) -> int | None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import sys
+from collections import Counter
 from pathlib import Path
 
 import mlx.core as mx
@@ -141,6 +142,27 @@ def stop_requested(run_dir: Path) -> str | None:
         return None
 
 
+def calm_launcher(pid: int, ranks: int) -> bool:
+    """mlx.launch's threads poll its ranks' pipes with a select that never waits (a rank's stdin is
+    always writable), so the launcher spins most of a core for the whole job: on a small CPU, a
+    rank's share (bench/RESULTS.md, "Data-parallel jobs"). Once it has started all its ranks (which
+    would have inherited the policy), its threads go under SCHED_IDLE: they then run only on a core
+    nothing else wants. Linux only. Answers whether there is nothing more to do."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return True
+    import psutil
+
+    try:
+        launcher = psutil.Process(pid)
+        if len(launcher.children()) < ranks:
+            return False
+        for thread in launcher.threads():
+            os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
+    except (psutil.Error, OSError):  # it ended, or is not ours to change
+        pass
+    return True
+
+
 def launcher() -> str:
     """mlx.launch beside this Python (the environment the workbench runs in), else on PATH."""
     here = Path(sys.executable).with_name("mlx.launch")
@@ -170,10 +192,15 @@ def _free(port: int) -> bool:
     return True
 
 
-def launch_command(job_id: str, backend: str, hostfile: Path, world: int) -> list[str]:
+def launch_command(job_id: str, backend: str, hostfile: Path) -> list[str]:
     """The command that starts a job's worker ranks under mlx.launch, on the hosts its hostfile
-    lists (hosts.save)."""
-    command = [launcher(), "--backend", backend_for(backend), "--hostfile", str(hostfile)]
+    lists (hosts.save). `-n` is still given: under NCCL, mlx.launch picks each rank's GPU from it."""
+    found = Hostfile.from_file(hostfile)
+    per_host = max(Counter(h.ssh_hostname for h in found.hosts).values())
+    command = [launcher(), "--backend", backend_for(backend), "--hostfile", str(hostfile),
+               "-n", str(per_host)]
     if backend_for(backend) == "ring":
-        command += ["--starting-port", str(free_ports(world))]
+        command += ["--starting-port", str(free_ports(len(found.hosts)))]
+    elif backend_for(backend) == "nccl":  # its default port would be shared by every job at once
+        command += ["--nccl-port", str(free_ports(1))]
     return command + ["--", sys.executable, "-m", "workbench.training.worker", job_id]

@@ -34,16 +34,16 @@ def resolve(config, home: Path, backend: str) -> Hostfile:
     """The job's hosts as mlx.launch's Hostfile, one entry a rank (InputError naming `hosts`, or
     `num_workers` with it, when they cannot hold the job)."""
     world = config.num_workers
-    if isinstance(config.hosts, str):
-        path = home / "hosts" / config.hosts
+    if config.hostfile:
+        path = home / "hosts" / config.hostfile
         if not path.is_file():
-            raise InputError("hosts", f"no hostfile {config.hosts} in {home / 'hosts'}")
+            raise InputError("hosts", f"no hostfile {config.hostfile} in {home / 'hosts'}")
         try:
             found = Hostfile.from_file(path)
         except ValueError as exc:  # mlx.launch's own message: the file and what is wrong with it
             raise InputError("hosts", str(exc)) from None
         if len(found.hosts) != world:
-            raise InputError("hosts", f"{config.hosts} lists {len(found.hosts)} hosts, one a rank, where "
+            raise InputError("hosts", f"{config.hostfile} lists {len(found.hosts)} hosts, one a rank, where "
                              f"num_workers is {world}")
     else:
         names = config.hosts or [LOCAL]

@@ -45,7 +45,8 @@ class JobManager:
         self._workers: dict[str, subprocess.Popen] = {}
         self._stopping: set[str] = set()  # jobs asked to stop: a SIGTERM that ends one is a stop
         self._deaths: dict[str, dict] = {}  # the error of a dead worker whose job is not yet settled
-        self._ranked: set[str] = set()  # jobs whose worker is mlx.launch: the watchdog reads only these
+        self._ranked: dict[str, int] = {}  # jobs whose worker is mlx.launch, with their ranks
+        self._calmed: set[str] = set()  # those whose launcher no longer competes with its ranks
         self._lock = threading.RLock()
         self._closed = threading.Event()
         # Only the service manages workers; the command line runs its one job in its own process.
@@ -195,14 +196,14 @@ class JobManager:
 
             distributed.request_stop(run_dir, None)  # a resumed job's earlier request is done
             command = distributed.launch_command(job["job_id"], config["distributed_backend"],
-                                                 run_dir / "hosts.json", config["num_workers"])
+                                                 run_dir / "hosts.json")
         with open(log_file, "ab") as out:
             worker = subprocess.Popen(command, env=os.environ | self.settings.as_env(), stdout=out,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.store.update(job["job_id"], pid=worker.pid)
         self._workers[job["job_id"]] = worker
         if config.get("num_workers", 1) > 1:
-            self._ranked.add(job["job_id"])
+            self._ranked[job["job_id"]] = config["num_workers"]
         log.info("job %s (%s) started in worker %d", job["job_id"], job["experiment_name"], worker.pid)
 
     def _ask_to_stop(self, job: dict, worker: subprocess.Popen, reason: str) -> None:
@@ -230,6 +231,7 @@ class JobManager:
                 code = worker.poll()
                 if code is None:
                     if job_id in self._ranked:  # a store read every round only for data-parallel jobs
+                        self._calm(job_id, worker)
                         self._watch_ranks(job_id, worker)
                     continue
                 # Settled first, forgotten after: if the store cannot be written (its disk is full),
@@ -240,10 +242,18 @@ class JobManager:
                     self._deaths[job_id] = _death(how, self.settings.home_dir / "runs")
                 self._settle(job_id, worker, code)
                 del self._workers[job_id]
-                self._ranked.discard(job_id)
+                self._ranked.pop(job_id, None)
+                self._calmed.discard(job_id)
                 self._stopping.discard(job_id)
                 self._deaths.pop(job_id, None)
             self._schedule()
+
+    def _calm(self, job_id: str, worker: subprocess.Popen) -> None:
+        if job_id not in self._calmed:
+            from workbench.training import distributed
+
+            if distributed.calm_launcher(worker.pid, self._ranked[job_id]):
+                self._calmed.add(job_id)
 
     def _watch_ranks(self, job_id: str, worker: subprocess.Popen) -> None:
         """A data-parallel job whose ranks made no step within `distributed_timeout_s` while training

@@ -86,9 +86,20 @@ def _row(job) -> list:
     total = job.total_steps
     return [
         job.experiment_name, job.job_id, job.training_type,
-        job.distributed["world_size"] if job.distributed else 1,
+        _ranks(job.distributed),
         Markup(f'<b style="color:{colour}">{escape(job.status)}</b>'), job.phase,
         f"{job.current_step}/{total}" if total else str(job.current_step),
         job.loss, job.eval_loss, job.tokens_per_s, job.peak_memory_mb,
         when(job.created_at), when(job.finished_at),
     ]
+
+
+def _ranks(shown: dict | None):
+    """How many ranks on how many hosts; each rank's host, pid and speed when the pointer rests on it."""
+    if not shown:
+        return 1
+    each = "; ".join(f"rank {r['rank']} on {r.get('host', '?')}, pid {r['pid']}, "
+                     f"{r.get('tokens_per_s') or 0:.0f} tokens/s" for r in shown["ranks"])
+    hosts = len(shown.get("hosts") or [None])
+    return Markup(f'<span title="{escape(each)}">{shown["world_size"]} on {hosts} '
+                  f'host{"s" if hosts > 1 else ""}</span>')
