@@ -53,3 +53,11 @@ def test_distributed_benchmark_prints_scaling_against_one_rank(models_dir):
     for measure in ("1 rank, batch 2: tokens/s", "2 ranks, global batch 2 (strong)", "2 ranks, global batch 4 (weak)"):
         assert measure in done.stdout
     assert "cpu: " in done.stdout  # the figures name the processor they were measured on
+
+
+def test_launcher_benchmark_prints_the_ranks_time_against_a_spinning_launcher():
+    done = subprocess.run([sys.executable, "bench/launcher.py", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "launcher under SCHED_IDLE vs spinning" in done.stdout and "BLAS threads a rank" in done.stdout
+    assert "cpu: " in done.stdout
