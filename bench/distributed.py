@@ -130,6 +130,20 @@ class RankWatch:
         return used
 
 
+GRID = ["job", "ranks x batch", "BLAS threads seen by ranks", "tokens/s", "first step", "start to step 1",
+        "MLX peak, rank 0", "per rank: RSS / GPU (nvidia-smi)"]
+
+
+def grid_row(name: str, d: dict) -> list[str]:
+    seen = d["watch"].ranks
+    memory = "; ".join(f"r{r}: {s['rss_mb']:,.0f}" + (f" / {s['gpu_mb']:,.0f}" if s["gpu_mb"] else "")
+                       + " MB" for r, s in sorted(seen.items())) or "not seen"
+    return [name, f"{d['ranks']} x {d['batch'] // d['ranks']}",
+            ",".join(sorted({s["blas_threads"] for s in seen.values()})) or "not seen",
+            tps(d["tokens_per_s"]), f"{d['first_step_s']:.2f} s", f"{d['start_to_step_1']:.1f} s",
+            f"{d['peak_mb']:,.0f} MB", memory]
+
+
 def max_delta(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b))
 
@@ -193,9 +207,10 @@ def main() -> int:
                                       args.warmup)
             done[name] = {**figures, "kind": kind, "ranks": ranks, "batch": batch, "split": bool(split),
                           "watch": watch}
-            losses = " ".join(f"{x:.4f}" for x in figures["losses"])
-            print(f"{name}: {figures['tokens_per_s']:,.1f} tok/s, "
-                  f"first step {figures['first_step_s']:.1f} s, losses {losses}", flush=True)
+            # Each job's figures as it ends, so that a run cut short still shows what it measured.
+            cells = zip(GRID[1:], grid_row(name, done[name])[1:])
+            print(f"{name}: " + ", ".join(f"{head} {value}" for head, value in cells), flush=True)
+            print(f"{name}: losses {' '.join(repr(x) for x in figures['losses'])}", flush=True)
     finally:
         bench.close()
         if threads is not None:
@@ -240,18 +255,8 @@ def main() -> int:
                             f"loss {one['losses'][-1]:.4f} at the end"))
     print_table(rows)
 
-    head = ["job", "ranks x batch", "BLAS threads seen by ranks", "tokens/s", "first step",
-            "start to step 1", "MLX peak, rank 0", "per rank: RSS / GPU (nvidia-smi)"]
-    grid = []
-    for name, d in done.items():
-        seen = d["watch"].ranks
-        memory = "; ".join(f"r{r}: {s['rss_mb']:,.0f}" + (f" / {s['gpu_mb']:,.0f}" if s["gpu_mb"] else "")
-                           + " MB" for r, s in sorted(seen.items())) or "not seen"
-        grid.append([name, f"{d['ranks']} x {d['batch'] // d['ranks']}",
-                     ",".join(sorted({s["blas_threads"] for s in seen.values()})) or "not seen",
-                     tps(d["tokens_per_s"]), f"{d['first_step_s']:.2f} s", f"{d['start_to_step_1']:.1f} s",
-                     f"{d['peak_mb']:,.0f} MB", memory])
-    print_grid(head, grid)
+    grid = [grid_row(name, d) for name, d in done.items()]
+    print_grid(GRID, grid)
     gpu_total = max((d["watch"].gpu_total_mb for d in done.values()), default=0.0)
     if gpu_total:
         print(f"GPU memory in use (nvidia-smi, whole device), highest during any job: {gpu_total:,.0f} MB")
