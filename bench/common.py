@@ -136,4 +136,5 @@ def job_figures(result: dict, warmup: int) -> dict:
         "start_to_step_1": result["start_to_step_1"],
         "peak_mb": max(m.peak_memory_mb for m in steps),
         "policy": result["job"].policy,
+        "losses": [m.loss for m in steps],
     }

@@ -132,7 +132,11 @@ def row(measure, value, peer="-", ratio=None, goal="-", met=None) -> list[str]:
 
 
 def print_table(rows: list[list[str]], flush: bool = False) -> None:
-    head = ["measure", "value", "peer", "ratio", "goal", "met"]
+    print_grid(["measure", "value", "peer", "ratio", "goal", "met"], rows, flush)
+
+
+def print_grid(head: list[str], rows: list[list[str]], flush: bool = False) -> None:
+    """A Markdown table of any columns (print_table's, or one row per job)."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(cells):
