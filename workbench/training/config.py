@@ -99,8 +99,8 @@ class TrainingConfig(DataSpec, TrainingTarget):
     )
     distributed_backend: Literal["auto", "ring", "jaccl", "mpi", "nccl"] = Field(
         default="auto",
-        description="mx.distributed's backend when num_workers > 1: auto is nccl where CUDA is available, "
-        "else ring (TCP).",
+        description="mx.distributed's backend when num_workers > 1: auto is nccl where each rank of a host "
+        "has a GPU of its own, else ring (TCP).",
     )
     hosts: list[HostName] | None = Field(
         default=None, min_length=1, max_length=64,
@@ -112,8 +112,8 @@ class TrainingConfig(DataSpec, TrainingTarget):
     )
     distributed_timeout_s: float = Field(
         default=300.0, ge=1.0, le=86400.0,
-        description="num_workers > 1: a training step not done within this many seconds means a rank "
-        "hangs; the job then ends failed (resumable) with every rank stopped.",
+        description="num_workers > 1: no training step within this many seconds (no next start-up phase "
+        "within it or 120 s) means a rank hangs; the job then ends failed (resumable), every rank stopped.",
     )
 
     # LoRA ---------------------------------------------------------------------------------------

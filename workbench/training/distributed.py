@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import mlx.core as mx
@@ -27,31 +27,54 @@ STOP_FILE = "stop-request"  # in the run folder: why the ranks should stop (mana
 KERNELS = ("loss", "swiglu", "attention")  # the fast kernels a rank may run: all ranks run rank 0's
 
 
-def backend_for(name: str) -> str:
-    """`auto` is NCCL where CUDA is available, else the ring (TCP): what mlx.launch picks too."""
-    if name != "auto":
-        return name
-    return "nccl" if mx.cuda.is_available() else "ring"
-
-
 def available() -> list[str]:
     return [name for name in ("ring", "jaccl", "mpi", "nccl") if mx.distributed.is_available(name)]
+
+
+def visible_gpus() -> int:
+    """CUDA devices this machine lets its processes see (0 without CUDA)."""
+    if not mx.cuda.is_available():
+        return 0
+    chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is not None:
+        return len([d for d in chosen.split(",") if d.strip()])
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 1
+    return max(sum(line.startswith("GPU ") for line in listed.splitlines()), 1)
 
 
 def check(config, home: Path) -> Hostfile:
     """What a data-parallel job needs before any process starts: ranks that share each batch evenly,
     a backend this MLX has, and hosts that can run them (InputError naming the field otherwise).
-    Answers the hosts, one a rank, as mlx.launch's Hostfile, with the environment the ranks need."""
+    Answers the hosts, one a rank, as mlx.launch's Hostfile, with the backend resolved and the
+    environment the ranks need: the job keeps it (hosts.save), and its ranks read it."""
     if config.batch_size % config.num_workers:
         raise InputError("batch_size", f"batch_size ({config.batch_size}) must divide by num_workers "
                          f"({config.num_workers}): it is the global batch, shared evenly by the ranks")
-    backend = backend_for(config.distributed_backend)
-    if not mx.distributed.is_available(backend):
-        raise InputError("distributed_backend", f"{backend} is not available in this MLX build "
-                         f"(available: {', '.join(available()) or 'none'})")
-    found = hosts.resolve(config, home, backend)
+    found = hosts.resolve(config, home)
+    found.backend = _backend(config.distributed_backend, hosts.per_host(found))
+    if found.backend == "ring":
+        hosts.require_ips(found)
     hosts.split_cores(found, hosts.check(found, home))
     return found
+
+
+def _backend(name: str, per_host: int) -> str:
+    """`auto`: NCCL where every rank of a host has a GPU of its own (mlx.launch gives each its own
+    device), else the ring (TCP). NCCL asked for with fewer GPUs than ranks is refused: the extra
+    ranks would see no device."""
+    if name != "auto" and not mx.distributed.is_available(name):
+        raise InputError("distributed_backend", f"{name} is not available in this MLX build "
+                         f"(available: {', '.join(available()) or 'none'})")
+    gpus = visible_gpus()
+    if name == "auto":
+        return "nccl" if gpus and per_host <= gpus and mx.distributed.is_available("nccl") else "ring"
+    if name == "nccl" and per_host > gpus:
+        raise InputError("distributed_backend", f"nccl runs one rank a GPU, and this machine shows {gpus} "
+                         f"for {per_host} ranks a host: use ring, or fewer num_workers")
+    return name
 
 
 class Ranks:
@@ -63,11 +86,11 @@ class Ranks:
         self.size = group.size() if group is not None else 1
 
     @classmethod
-    def join(cls, backend: str, world: int) -> Ranks:
+    def join(cls, backend: str | None, world: int) -> Ranks:
         """The group of a job of `world` ranks (started by mlx.launch), or a world of one."""
         if world <= 1:
             return cls()
-        group = mx.distributed.init(strict=True, backend=backend_for(backend))
+        group = mx.distributed.init(strict=True, backend=backend)
         if group.size() != world:
             raise RuntimeError(f"mlx.launch started {group.size()} ranks where the job asked for {world}")
         return cls(group)
@@ -87,7 +110,7 @@ class Ranks:
             return flag
         return bool(self.total(mx.array([1.0 if flag else 0.0])).item() > 0)
 
-    def describe(self, backend: str, run_dir: Path) -> dict | None:
+    def describe(self, placed: Hostfile | None) -> dict | None:
         """What the job's status shows of its ranks: backend, world size, hosts, each rank's host and
         pid (one all-reduce: every rank contributes its own)."""
         if self.size == 1:
@@ -95,8 +118,8 @@ class Ranks:
         pids = [0] * self.size
         pids[self.rank] = os.getpid()
         everyone = self.total(mx.array(pids, dtype=mx.int32)).tolist()
-        where = hosts.of_ranks(run_dir)
-        return {"backend": backend_for(backend), "world_size": self.size, "hosts": list(dict.fromkeys(where)),
+        where = [h.ssh_hostname for h in placed.hosts]
+        return {"backend": placed.backend, "world_size": self.size, "hosts": list(dict.fromkeys(where)),
                 "ranks": [{"rank": rank, "host": host, "pid": pid}
                           for rank, (host, pid) in enumerate(zip(where, everyone))]}
 
@@ -192,15 +215,15 @@ def _free(port: int) -> bool:
     return True
 
 
-def launch_command(job_id: str, backend: str, hostfile: Path) -> list[str]:
-    """The command that starts a job's worker ranks under mlx.launch, on the hosts its hostfile
-    lists (hosts.save). `-n` is still given: under NCCL, mlx.launch picks each rank's GPU from it."""
-    found = Hostfile.from_file(hostfile)
-    per_host = max(Counter(h.ssh_hostname for h in found.hosts).values())
-    command = [launcher(), "--backend", backend_for(backend), "--hostfile", str(hostfile),
-               "-n", str(per_host)]
-    if backend_for(backend) == "ring":
-        command += ["--starting-port", str(free_ports(len(found.hosts)))]
-    elif backend_for(backend) == "nccl":  # its default port would be shared by every job at once
+def launch_command(job_id: str, hostfile: Path) -> list[str]:
+    """The command that starts a job's worker ranks under mlx.launch, on the hosts and backend its
+    hostfile holds (hosts.save). `-n` is still given: under NCCL, mlx.launch picks each rank's GPU
+    from it."""
+    placed = Hostfile.from_file(hostfile)
+    command = [launcher(), "--backend", placed.backend, "--hostfile", str(hostfile),
+               "-n", str(hosts.per_host(placed))]
+    if placed.backend == "ring":
+        command += ["--starting-port", str(free_ports(len(placed.hosts)))]
+    elif placed.backend == "nccl":  # its default port would be shared by every job at once
         command += ["--nccl-port", str(free_ports(1))]
     return command + ["--", sys.executable, "-m", "workbench.training.worker", job_id]

@@ -30,7 +30,7 @@ PROBE_TIMEOUT_S = 20.0
 SSH = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
 
 
-def resolve(config, home: Path, backend: str) -> Hostfile:
+def resolve(config, home: Path) -> Hostfile:
     """The job's hosts as mlx.launch's Hostfile, one entry a rank (InputError naming `hosts`, or
     `num_workers` with it, when they cannot hold the job)."""
     world = config.num_workers
@@ -55,10 +55,18 @@ def resolve(config, home: Path, backend: str) -> Hostfile:
     if LOCAL in machines and len(machines) > 1:
         raise InputError("hosts", f"{LOCAL} cannot be reached from the other hosts: name this machine by "
                          "an address they reach")
-    if backend == "ring" and (bare := [h.ssh_hostname for h in found.hosts if not h.ips]):
+    return found
+
+
+def per_host(found: Hostfile) -> int:
+    """The most ranks any one host runs."""
+    return max(Counter(h.ssh_hostname for h in found.hosts).values())
+
+
+def require_ips(found: Hostfile) -> None:
+    if bare := [h.ssh_hostname for h in found.hosts if not h.ips]:
         raise InputError("hosts", f"the ring backend connects to IP addresses, and {bare[0]} is a name: "
                          "give its address, or a hostfile with its ssh name and its ips")
-    return found
 
 
 def check(found: Hostfile, home: Path) -> dict[str, dict]:
@@ -163,9 +171,9 @@ def save(found: Hostfile, run_dir: Path, envs: dict[str, str]) -> Path:
     return path
 
 
-def of_ranks(run_dir: Path) -> list[str]:
-    """The host of each rank, in rank order, from the job's hostfile."""
-    return [h.ssh_hostname for h in Hostfile.from_file(run_dir / "hosts.json").hosts]
+def load(run_dir: Path) -> Hostfile:
+    """The hosts, backend and environment a job was submitted with (save)."""
+    return Hostfile.from_file(run_dir / "hosts.json")
 
 
 if __name__ == "__main__":

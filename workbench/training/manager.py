@@ -195,8 +195,7 @@ class JobManager:
             from workbench.training import distributed
 
             distributed.request_stop(run_dir, None)  # a resumed job's earlier request is done
-            command = distributed.launch_command(job["job_id"], config["distributed_backend"],
-                                                 run_dir / "hosts.json")
+            command = distributed.launch_command(job["job_id"], run_dir / "hosts.json")
         with open(log_file, "ab") as out:
             worker = subprocess.Popen(command, env=os.environ | self.settings.as_env(), stdout=out,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -261,16 +260,19 @@ class JobManager:
         every rank, and leave it resumable from its last checkpoint."""
         job = self.store.get(job_id)
         config = job["config"]
-        if job["status"] != "running" or job["phase"] != "training":
+        if job["status"] != "running" or job["phase"] not in WATCHED_PHASES:
             return
         timeout = config.get("distributed_timeout_s", 300)
+        if job["phase"] != "training":  # starting processes and loading take their time, watched or not
+            timeout = max(timeout, STARTUP_GRACE_S)
         if time.time() - (job["updated_at"] or time.time()) < timeout:
             return
         ranks = _ranks_of(job_id)
         frozen = [f"rank {rank} is stopped (SIGSTOP)" for rank, process in ranks.items()
                   if _status(process) == "stopped"]
         why = "; ".join(frozen) or "a rank hangs"
-        message = f"no step for {timeout:g} s (distributed_timeout_s): {why}; every rank was killed"
+        message = (f"no progress in {job['phase']} for {timeout:g} s (distributed_timeout_s): {why}; every "
+                   "rank was killed")
         self.store.set_status(job_id, "failed", message, level="error", phase="failed", error={
             "code": "rank_hung", "message": message, "ranks": frozen or ["unknown"]})
         for process in ranks.values():
@@ -296,7 +298,7 @@ class JobManager:
             return
         error = self._deaths.get(job_id) or _death(f"exited with code {code}", Path(job["run_dir"]))
         if lost:
-            error |= {"ranks": lost, "message": "; ".join(lost)}
+            error |= {"ranks": lost, "message": "; ".join(lost + _cause(Path(job["run_dir"]) / "worker.log"))}
         error["log_tail"] = _tail(Path(job["run_dir"]) / "worker.log")
         self.store.set_status(job_id, "failed", error["message"], level="error", phase="failed",
                               error=error)
@@ -370,12 +372,24 @@ def _status(process) -> str:
         return "gone"
 
 
+# Phases a data-parallel job's ranks go through in step, where one rank's silence means it hangs;
+# evaluating and saving may rightly take long without a word.
+WATCHED_PHASES = ("starting", "loading_model", "loading_data", "training")
+STARTUP_GRACE_S = 120.0  # the least a start-up phase is given, whatever distributed_timeout_s says
 _RANK_END = re.compile(r"Node with rank (\d+) (was killed|exited with code -?\d+)")
 
 
 def _lost_ranks(log_path: Path) -> list[str]:
     """The ranks mlx.launch reported ending badly, in the order it saw them ("rank 1 was killed")."""
     return [f"rank {m.group(1)} {m.group(2)}" for m in _RANK_END.finditer(_tail(log_path, 200))]
+
+
+_ERROR_LINE = re.compile(r"^\w*(Error|Exception): .+$", re.MULTILINE)
+
+
+def _cause(log_path: Path) -> list[str]:
+    """The last exception a rank printed ("ImportError: ... no CUDA-capable device"), if one did."""
+    return [m.group(0) for m in _ERROR_LINE.finditer(_tail(log_path, 200))][-1:]
 
 
 def _tail(path: Path, lines: int = 20) -> str:

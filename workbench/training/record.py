@@ -82,7 +82,8 @@ class JobFields(Measures):
     pid: int | None = Field(default=None, description="The worker process (for num_workers > 1, mlx.launch), "
                             "while the job runs.")
     distributed: dict | None = Field(default=None, description="num_workers > 1: backend, world_size, "
-                                     "hosts, and each rank's host, pid and latest tokens_per_s.")
+                                     "hosts, and each rank's host, pid, latest tokens_per_s and "
+                                     "peak_memory_mb.")
     error: dict | None = Field(default=None, description="How it failed: message, and where known the "
                                "exit code, signal and the worker log's tail.")
     created_at: float

@@ -17,8 +17,8 @@ class Reporter:
     def step(self, step: int, total: int, metrics: dict) -> None:
         """A step is done: its loss, learning rate, token counts and rates, peak memory."""
 
-    def rank_speeds(self, tokens_per_s: list[float]) -> None:
-        """A data-parallel step is done: each rank's own trained tokens per second, by rank."""
+    def ranks(self, figures: dict[str, list[float]]) -> None:
+        """A data-parallel step is done: each rank's own tokens_per_s and peak_memory_mb, by rank."""
 
     def evaluation(self, step: int, metrics: dict) -> None:
         """A validation loss (eval_loss), or a judge's score (judge_score)."""

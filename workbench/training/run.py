@@ -246,13 +246,13 @@ class TrainingRun:
                 if self.ranks.lead:
                     self.reporter.checkpoint(step, self._save(model, optimizer, step, batches))
                 return step, reason or "stopped"
-            loss, tokens, elapsed, counts, speeds = one_step(batches)
+            loss, tokens, elapsed, counts, each_rank = one_step(batches)
             step += 1
             faults.reach("step", step)
             if not math.isfinite(loss):
                 raise LossNotFinite("the training loss", step, loss)
             if self.ranks.size > 1:
-                self.reporter.rank_speeds(speeds)
+                self.reporter.ranks(each_rank)
             self.reporter.step(step, total, {
                 "loss": loss, "learning_rate": float(optimizer.learning_rate), "tokens": tokens,
                 # Trained tokens (as mlx-lm counts them), real input tokens, and every position
@@ -308,7 +308,7 @@ class TrainingRun:
         def one_step(batches):
             """Loss and trained tokens (over every rank), the seconds the step's compute took (not
             the batch fetch), the real and padded token counts of its batches, and each rank's own
-            trained tokens per second."""
+            trained tokens per second and peak memory."""
             micro_batches = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
             tic = time.perf_counter()
             weighted, counts, mine, grads = [], [], [], None
@@ -321,13 +321,16 @@ class TrainingRun:
             loss = sum(weighted) / total
             mx.eval(loss, total, mine, state)
             elapsed = time.perf_counter() - tic
-            # One all-reduce: the batches' token counts summed, and each rank's speed in its own slot.
-            speeds = [0.0] * ranks.size
+            # One all-reduce: the batches' token counts summed, and each rank's speed and peak
+            # memory in its own slots.
+            speeds, peaks = [0.0] * ranks.size, [0.0] * ranks.size
             speeds[ranks.rank] = sum(m.item() for m in mine) / elapsed
-            summed = ranks.total(mx.array([sum(b.tokens for b in micro_batches),
-                                           sum(b.positions for b in micro_batches), *speeds])).tolist()
+            peaks[ranks.rank] = mx.get_peak_memory() / _MB
+            counted = [sum(b.tokens for b in micro_batches), sum(b.positions for b in micro_batches)]
+            summed = ranks.total(mx.array([*counted, *speeds, *peaks])).tolist()
             sizes = batching.Batch((), int(summed[0]), int(summed[1]))
-            return loss.item(), int(total.item()), elapsed, sizes, summed[2:]
+            each = {"tokens_per_s": summed[2:2 + ranks.size], "peak_memory_mb": summed[2 + ranks.size:]}
+            return loss.item(), int(total.item()), elapsed, sizes, each
 
         return one_step
 

@@ -21,9 +21,10 @@ import workbench  # noqa: F401  (OpenBLAS under MLX before anything imports mlx)
 from workbench.data import Examples, prepare
 from workbench.errors import InputError
 from workbench.settings import Settings
+from workbench.training import hosts
 from workbench.training.checkpoint import DiskFull
 from workbench.training.config import TrainingConfig
-from workbench.training.distributed import Ranks, backend_for, stop_requested
+from workbench.training.distributed import Ranks, stop_requested
 from workbench.training.policy import current_backend, use_kernel_cache
 from workbench.training.record import METRICS
 from workbench.training.reporter import Reporter
@@ -57,10 +58,11 @@ class StoreReporter(Reporter):
         self.store.update(self.job_id, **metrics)
         self.store.event(self.job_id, "metrics", f"step {step}: {metrics}", data={"step": step, **metrics})
 
-    def rank_speeds(self, tokens_per_s: list[float]) -> None:
+    def ranks(self, figures: dict[str, list[float]]) -> None:
         if self.distributed is not None:
-            for rank, speed in zip(self.distributed["ranks"], tokens_per_s):
-                rank["tokens_per_s"] = speed
+            for name, values in figures.items():
+                for rank, value in zip(self.distributed["ranks"], values):
+                    rank[name] = value
             self.store.update(self.job_id, distributed=self.distributed)
 
     def checkpoint(self, step: int, path: Path) -> None:
@@ -105,8 +107,9 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
     job = store.get(job_id)
     config = TrainingConfig(**job["config"])
     # Under mlx.launch each rank runs this; rank 0 alone writes the store, checkpoints and adapter.
-    ranks = Ranks.join(config.distributed_backend, config.num_workers)
-    shown = ranks.describe(config.distributed_backend, Path(job["run_dir"]))  # every rank takes part
+    placed = hosts.load(Path(job["run_dir"])) if config.num_workers > 1 else None
+    ranks = Ranks.join(placed and placed.backend, config.num_workers)
+    shown = ranks.describe(placed)  # every rank takes part
     if ranks.size > 1:
         stop.run_dir = Path(job["run_dir"])
     if not ranks.lead:
@@ -118,7 +121,7 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
                  distributed=shown)
     store.set_status(job_id, "running", f"worker {os.getpid()} started", phase="starting")
     if ranks.size > 1:
-        store.event(job_id, "message", f"{ranks.size} ranks over {backend_for(config.distributed_backend)}",
+        store.event(job_id, "message", f"{ranks.size} ranks over {placed.backend}",
                     data={"world_size": ranks.size})
     reporter = reporter or StoreReporter(store, job_id, shown)
     run_dir = Path(job["run_dir"])
