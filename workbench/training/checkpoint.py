@@ -1,4 +1,4 @@
-"""Checkpoints that resume a run exactly, and adapters that mlx-lm loads.
+"""Checkpoints that resume a run exactly, the best evaluation's weights, and adapters that mlx-lm loads.
 
 A checkpoint holds the trainable weights, the optimizer state, the step and the data position; it is
 written to a temporary folder and renamed, and `latest.json` is replaced atomically last, so a crash

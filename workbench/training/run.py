@@ -4,7 +4,9 @@ mlx-lm's own `train()` saves adapters only, does not seed its batch order and ca
 raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `default_loss`,
 `evaluate`) and adds what a resumable job needs: a batch order of its own (`batching.DataOrder`:
 mlx-lm's `iterate_batches` draws from numpy's global generator, as its validation does), checkpoints
-holding the optimizer state, step, data position and random state, and a clean stop between steps.
+holding the optimizer state, step, data position and random state, and a clean stop between steps;
+and what mlx-lm's adapter lacks: the best validation loss's weights published, and an early stop
+(`selection.py`).
 """
 
 from __future__ import annotations
