@@ -53,7 +53,7 @@ def export_alpaca(dest: Path) -> tuple[int, int]:
     """The shipped alpaca sample as mlx-lm chat jsonl, split as the workbench splits it (10%, seed 0)."""
     loaded = load_rows(DataSpec(dataset="alpaca"), Settings())  # the shipped sample, as a job reads it
     rows = convert_rows(loaded.rows, loaded.format, loaded.source, loaded.lines)
-    return write_split(dest, rows, *split_indices(len(rows), 0.1, 0))
+    return write_split(dest, rows, *split_indices(len(rows), 0.1, 0)[:2])
 
 
 def export_full_rows(dest: Path, count: int = 40, chars: int = 2400) -> tuple[int, int]:

@@ -44,6 +44,13 @@ class BarReporter(Reporter):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         (self.bar.write if self.bar else print)(f"step {step}: {shown}")
 
+    def best(self, step: int, eval_loss: float) -> None:
+        self.inner.best(step, eval_loss)
+
+    def published(self, selected: str, step: int, path: Path) -> None:
+        self.inner.published(selected, step, path)
+        (self.bar.write if self.bar else print)(f"published the {selected} weights (step {step}) at {path}")
+
     def checkpoint(self, step: int, path: Path) -> None:
         self.inner.checkpoint(step, path)
 

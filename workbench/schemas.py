@@ -187,7 +187,7 @@ class PreviewRequest(DataSpec):
 
 
 class DatasetPreview(BaseModel):
-    summary: dict = Field(description="Source, format, rows kept for training and validation, and the "
+    summary: dict = Field(description="Source, format, rows kept for training, validation and test, and the "
                           "problems found.")
     rows: list[dict] = Field(description="The first rows as the model sees them: text, and which tokens "
                              "are trained.")

@@ -36,6 +36,9 @@ def named_fields(response: requests.Response) -> list:
     ({"max_steps": 10**12}, "max_steps"),
     ({"experiment_name": "trailing_newline\n"}, "experiment_name"),
     ({"eval_provider": "openai"}, "eval_provider"),  # no openai key configured in the test service
+    ({"validation_split": 0.5, "test_split": 0.5}, "test_split"),  # no rows left to train on
+    ({"validation_split": 0.0, "early_stopping_patience": 2}, "early_stopping_patience"),
+    ({"validation_split": 0.0, "select_checkpoint": "best"}, "select_checkpoint"),
 ])
 def test_what_would_fail_in_the_worker_is_refused_at_submission(api, fields, field):
     response = api.post("/train/start", json=body(**fields))

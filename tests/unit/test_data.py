@@ -273,6 +273,20 @@ def test_the_train_valid_split_is_deterministic_for_a_seed_and_disjoint(settings
     assert len(one.train) == 1 and one.valid is None
 
 
+def test_a_test_split_holds_rows_out_of_training_and_leaves_the_validation_rows_as_they_were(settings):
+    without = prepare(DataSpec(dataset="custom", seed=3, validation_split=0.2), settings)
+    held = prepare(DataSpec(dataset="custom", seed=3, validation_split=0.2, test_split=0.1), settings)
+
+    def rows(part):
+        return {json.dumps(e) for e in part}
+
+    assert held.valid == without.valid and len(held.test) == held.summary.test_rows == 30
+    assert rows(held.train) | rows(held.test) == rows(without.train) and not rows(held.train) & rows(held.test)
+    assert held.summary.rows == 300
+    held.save(settings.home_dir / "job")
+    assert Examples.load(settings.home_dir / "job").test == held.test  # kept with the job, for its worker
+
+
 def test_preview_shows_the_chat_template_and_counts_masked_tokens(settings, tiny):
     _, tokenizer = tiny
     shown = preview(DataSpec(dataset="alpaca"), tokenizer, settings, n=3)

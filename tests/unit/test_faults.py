@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 
 from workbench.models.resolver import ModelResolver
@@ -29,6 +30,7 @@ SAMPLE = Path(__file__).parents[2] / "workbench" / "data" / "samples" / "alpaca.
 RUN = {"training_type": "lora", "dataset": "alpaca", "dataset_path": "faults.jsonl", "validation_split": 0.2,
        "batch_size": 4, "max_seq_length": 128, "max_steps": 24, "learning_rate": 1e-3, "lora_dropout": 0.1,
        "eval_steps": 3, "eval_batches": 1, "save_every": 4, "seed": 11}
+BEST = ("best_step", "best_eval_loss")
 
 
 @pytest.fixture
@@ -85,6 +87,11 @@ def test_a_worker_killed_anywhere_resumes_on_exactly_the_uninterrupted_curve(job
     assert sorted(resumed) == sorted(reference)
     for step in reference:
         assert resumed[step] == reference[step], f"step {step}: {resumed[step]} against {reference[step]}"
+    # ... and publishes the same best weights.
+    done, expected = jobs.store.get(job["job_id"]), jobs.store.get(reference_job["job_id"])
+    assert [done[k] for k in BEST] == [expected[k] for k in BEST] and done["selected_checkpoint"] == "best"
+    adapter, same = (mx.load(str(Path(j["adapter_path"]) / "adapters.safetensors")) for j in (done, expected))
+    assert all(mx.array_equal(adapter[k], same[k]) for k in same)
 
 
 def test_the_data_order_continues_exactly_from_a_saved_position():

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ class DatasetSummary:
     train_rows: int
     valid_rows: int
     mask_prompt: bool = True  # whether prompts are masked in effect (never for text rows)
+    test_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class Examples:
     train: list[dict]
     valid: list[dict]
     summary: DatasetSummary
+    test: list[dict] = field(default_factory=list)
 
-    FOLDER = "data"  # under a job's run folder: train.jsonl, valid.jsonl, summary.json
+    FOLDER = "data"  # under a job's run folder: train.jsonl, valid.jsonl, test.jsonl, summary.json
 
     def save(self, run_dir: Path) -> Path | None:
         """Written file by file and renamed into place, the summary last: a folder with a summary is
@@ -54,7 +56,7 @@ class Examples:
         source again, and the disk, still full, fails the job with a clear error at its checkpoint."""
         folder = run_dir / self.FOLDER
         files = [("train.jsonl", _jsonl(self.train)), ("valid.jsonl", _jsonl(self.valid)),
-                 ("summary.json", json.dumps(asdict(self.summary)))]
+                 ("test.jsonl", _jsonl(self.test)), ("summary.json", json.dumps(asdict(self.summary)))]
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for name, text in files:
@@ -76,10 +78,12 @@ class Examples:
         summary = DatasetSummary(**json.loads((folder / "summary.json").read_text(encoding="utf-8")))
 
         def rows(name: str) -> list[dict]:
+            if not (folder / name).is_file():  # test.jsonl: kept since test_split exists
+                return []
             with (folder / name).open(encoding="utf-8") as handle:
                 return [json.loads(line) for line in handle if line.strip()]
 
-        return cls(rows("train.jsonl"), rows("valid.jsonl"), summary)
+        return cls(rows("train.jsonl"), rows("valid.jsonl"), summary, rows("test.jsonl"))
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -99,23 +103,29 @@ class PreparedData:
     summary: DatasetSummary
     train_examples: list[dict]
     valid_examples: list[dict]
+    test: CacheDataset | None = None
 
 
 # Converting and splitting ---------------------------------------------------------------------------
 
 
-def split_indices(count: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
-    """Row numbers for train and valid: a seeded shuffle, at least one train row, each part in order.
+def split_indices(count: int, validation_split: float, seed: int,
+                  test_split: float = 0.0) -> tuple[list[int], list[int], list[int]]:
+    """Row numbers for train, valid and test: a seeded shuffle, at least one train row, each part in
+    order.
 
-    Valid is empty when the split is 0 or there are fewer than 2 rows, else holds
-    round(count * validation_split) rows, at least 1.
+    A held-out part is empty when its share is 0 or there are too few rows, else holds
+    round(count * share) rows, at least 1; valid is taken first, so a test split leaves it as it was.
     """
-    if validation_split <= 0 or count < 2:
-        return list(range(count)), []
-    n_valid = min(count - 1, max(1, round(count * validation_split)))
     order = list(range(count))
     random.Random(seed).shuffle(order)
-    return sorted(order[n_valid:]), sorted(order[:n_valid])
+    n_valid = _share(count, validation_split, room=count - 1)
+    held = n_valid + _share(count, test_split, room=count - 1 - n_valid)
+    return sorted(order[held:]), sorted(order[:n_valid]), sorted(order[n_valid:held])
+
+
+def _share(count: int, share: float, room: int) -> int:
+    return min(room, max(1, round(count * share))) if share > 0 and room > 0 else 0
 
 
 def _convert(loaded: LoadedRows, field: str) -> list[dict]:
@@ -127,23 +137,25 @@ def _convert(loaded: LoadedRows, field: str) -> list[dict]:
 
 def prepare(spec: DataSpec, settings: Settings) -> Examples:
     """Every row read and converted (the first malformed one raises, naming its file and line), split
-    into train and valid: a folder's own valid.jsonl, else `validation_split` of the rows."""
+    into train, valid and test: valid is a folder's own valid.jsonl, else `validation_split` of the
+    rows; test is `test_split` of the rows."""
     loaded = load_rows(spec, settings)
     converted = _convert(loaded, spec.error_field)
-    if loaded.valid is not None:
-        train, valid = converted, _convert(loaded.valid, spec.error_field)
-    else:
-        train_idx, valid_idx = split_indices(len(converted), spec.validation_split, spec.seed)
-        train, valid = [converted[i] for i in train_idx], [converted[i] for i in valid_idx]
+    own_valid = loaded.valid is not None
+    shares = (0.0 if own_valid else spec.validation_split, spec.seed, spec.test_split)
+    train, valid, test = ([converted[i] for i in part] for part in split_indices(len(converted), *shares))
+    if own_valid:
+        valid = _convert(loaded.valid, spec.error_field)
     summary = DatasetSummary(
-        rows=len(train) + len(valid),
+        rows=len(train) + len(valid) + len(test),
         format=loaded.format,
         source=loaded.source,
         train_rows=len(train),
         valid_rows=len(valid),
         mask_prompt=spec.mask_prompt and loaded.format != "text",
+        test_rows=len(test),
     )
-    return Examples(train, valid, summary)
+    return Examples(train, valid, summary, test)
 
 
 def validate(spec: DataSpec, settings: Settings) -> DatasetSummary:
@@ -189,7 +201,7 @@ def _mlx_dataset(examples: list[dict], fmt: str, tokenizer, mask_prompt: bool):
 def tokenize(examples: Examples, spec: DataSpec, tokenizer) -> PreparedData:
     """Train and valid sets of (tokens, offset) items, tokenised lazily and cached (mlx-lm's CacheDataset).
 
-    Items are cut to max_seq_length tokens. `valid` is None when no rows are held out.
+    Items are cut to max_seq_length tokens. `valid` and `test` are None when they hold no rows.
     """
     from mlx_lm.tuner.datasets import CacheDataset
 
@@ -203,6 +215,7 @@ def tokenize(examples: Examples, spec: DataSpec, tokenizer) -> PreparedData:
         summary=examples.summary,
         train_examples=examples.train,
         valid_examples=examples.valid,
+        test=wrap(examples.test) if examples.test else None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from workbench.training.config import TrainingConfig
@@ -44,8 +44,21 @@ class DataSpec(BaseModel):
     validation_split: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation loss."
     )
+    test_split: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Share of rows held out of training and validation; test_loss over them at the end.",
+    )
     # The split, the batch order and dropout all draw from it.
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @field_validator("test_split")
+    @classmethod
+    def _rows_left_to_train(cls, value: float, info: ValidationInfo) -> float:
+        held = info.data.get("validation_split")  # absent when it failed its own checks
+        if held is not None and held + value >= 1:
+            raise ValueError(f"validation_split ({held}) and test_split ({value}) together must stay "
+                             "below 1, leaving rows to train on")
+        return value
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> DataSpec:

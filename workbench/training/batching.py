@@ -164,6 +164,13 @@ def validation_batches(dataset: CacheDataset, batch_size: int, max_seq_length: i
         yield padded_batch([dataset[int(i)] for i in order[start:start + batch_size]], max_seq_length).arrays
 
 
+def every_batch(dataset: CacheDataset, batch_size: int, max_seq_length: int, **_ignored) -> Iterator[tuple]:
+    """Every row once, in order, the last batch short if need be: a loss over the whole set."""
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        yield padded_batch(rows, max_seq_length).arrays
+
+
 # Packing ----------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints that resume a run exactly, and adapters that mlx-lm loads.
+"""Checkpoints that resume a run exactly, the best evaluation's weights, and adapters that mlx-lm loads.
 
 A checkpoint holds the trainable weights, the optimizer state, the step and the data position; it is
 written to a temporary folder and renamed, and `latest.json` is replaced atomically last, so a crash
@@ -118,3 +118,28 @@ def save_adapter(folder: Path, model, adapter_config: dict) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
+
+
+def save_best(folder: Path, step: int, model, keep: int | None) -> Path:
+    """The trainable weights of a new best evaluation, as `folder/step-N.safetensors` (written aside
+    and renamed). Earlier bests go, but `keep`: the one the latest checkpoint names, which a resume
+    from it must find."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = best_path(folder, step)
+    tmp = folder / f".step-{step:07d}.tmp.safetensors"
+    with _writing(path, tmp):
+        mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
+    os.replace(tmp, path)
+    prune_best(folder, {step, keep})
+    return path
+
+
+def best_path(folder: Path, step: int) -> Path:
+    return folder / f"step-{step:07d}.safetensors"
+
+
+def prune_best(folder: Path, keep: set) -> None:
+    """Remove the best weights of steps not in `keep`."""
+    for path in folder.glob("step-*.safetensors"):
+        if path not in {best_path(folder, step) for step in keep if step is not None}:
+            path.unlink(missing_ok=True)

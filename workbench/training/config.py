@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from workbench.data.spec import DatasetFormat, DataSpec  # noqa: F401  (DatasetFormat: the panels read it here)
+from workbench.errors import InputError
 
 # Matched with fullmatch: `$` also matches before a trailing newline, which let "name\n" through.
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -141,6 +142,16 @@ class TrainingConfig(DataSpec, TrainingTarget):
     eval_prompts: int = Field(default=3, ge=1, le=50, description="Held-out prompts the judge scores.")
     save_every: int = Field(default=100, ge=1, le=MAX_STEPS,
                             description="Checkpoint every this many steps (and at stop).")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="After this many validations without a new best eval_loss the run completes early. "
+        "Needs validation rows.",
+    )
+    select_checkpoint: Literal["best", "last"] | None = Field(
+        default=None,
+        description="The weights the adapter publishes (served, fused, evaluated): best (lowest eval_loss) "
+        "or last; default: best when there are validation rows, else last.",
+    )
 
     @field_validator("lora_targets")
     @classmethod
@@ -166,6 +177,20 @@ class TrainingConfig(DataSpec, TrainingTarget):
         if self.training_type == "qlora" and self.quantization is None:
             self.quantization = "int4"
         return self
+
+    def check_rows(self, valid_rows: int) -> None:
+        """Refuse, at submission, what needs validation rows when the split left none."""
+        if valid_rows:
+            return
+        why = "needs validation rows: set validation_split above 0, or give a folder with a valid.jsonl"
+        if self.early_stopping_patience is not None:
+            raise InputError("early_stopping_patience", why)
+        if self.select_checkpoint == "best":
+            raise InputError("select_checkpoint", why)
+
+    def selects_best(self, has_validation: bool) -> bool:
+        """Whether the published adapter holds the best evaluation's weights rather than the last."""
+        return has_validation and self.select_checkpoint != "last"
 
     @property
     def hostfile(self) -> str | None:

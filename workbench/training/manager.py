@@ -78,6 +78,7 @@ class JobManager:
         if config.batch_size > summary.train_rows:
             raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
                              f"rows of {summary.source} (after validation_split {config.validation_split})")
+        config.check_rows(summary.valid_rows)
         ranks_at = None
         if config.num_workers > 1:
             from workbench.training import distributed

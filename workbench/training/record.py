@@ -40,6 +40,8 @@ class Measures(BaseModel):
     loss: float | None = Field(default=None, description="Training loss, mean over trained tokens.")
     eval_loss: float | None = Field(default=None, description="Validation loss, when one was computed.")
     judge_score: float | None = Field(default=None, description="The eval_provider's mean score (0 to 10).")
+    test_loss: float | None = Field(default=None, description="Loss over the whole test split (test_split), "
+                                    "of the published weights, at the end of a completed run.")
     tokens_per_s: float | None = Field(default=None, description="Trained (answer) tokens per second, "
                                        "as mlx-lm counts.")
     useful_tokens_per_s: float | None = Field(default=None, description="Real input tokens per second, "
@@ -74,6 +76,10 @@ class JobFields(Measures):
     total_steps: int | None = None
     checkpoint: str | None = None
     adapter_path: str | None = None
+    best_step: int | None = Field(default=None, description="The step of the lowest eval_loss so far.")
+    best_eval_loss: float | None = Field(default=None, description="The lowest eval_loss so far.")
+    selected_checkpoint: str | None = Field(default=None, description="Which weights adapter_path holds: "
+                                            "best (those of best_step) or last (the final checkpoint's).")
     model_path: str = Field(description="The base model folder the name resolved to.")
     backend: str | None = Field(default=None, description="cpu or gpu: where MLX trains.")
     policy: dict | None = Field(default=None, description="How the run computes: dtype, quantized "

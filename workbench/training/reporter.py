@@ -23,6 +23,12 @@ class Reporter:
     def evaluation(self, step: int, metrics: dict) -> None:
         """A validation loss (eval_loss), or a judge's score (judge_score)."""
 
+    def best(self, step: int, eval_loss: float) -> None:
+        """The validation loss of `step` is the run's lowest so far."""
+
+    def published(self, selected: str, step: int, path: Path) -> None:
+        """The adapter at `path` holds the `selected` weights ("best" or "last"), those of `step`."""
+
     def checkpoint(self, step: int, path: Path) -> None:
         """A checkpoint of `step` is written at `path`."""
 

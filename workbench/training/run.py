@@ -4,7 +4,9 @@ mlx-lm's own `train()` saves adapters only, does not seed its batch order and ca
 raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `default_loss`,
 `evaluate`) and adds what a resumable job needs: a batch order of its own (`batching.DataOrder`:
 mlx-lm's `iterate_batches` draws from numpy's global generator, as its validation does), checkpoints
-holding the optimizer state, step, data position and random state, and a clean stop between steps.
+holding the optimizer state, step, data position and random state, and a clean stop between steps;
+and what mlx-lm's adapter lacks: the best validation loss's weights published, and an early stop
+(`selection.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from workbench.training import batching, checkpoint, fastmath, faults, losses, p
 from workbench.training.config import TrainingConfig
 from workbench.training.distributed import Ranks
 from workbench.training.reporter import Reporter
+from workbench.training.selection import Selection
 
 _MB = 1024 * 1024
 
@@ -70,6 +73,10 @@ class TrainingRun:
         self.ranks = ranks or Ranks()  # data-parallel ranks (workbench/training/distributed.py)
         self.policy = policy.choose(config.memory_limit_mb, config.cache_limit_mb, config.fast_kernels)
         self.lora_keys: list[str] | None = None  # mlx-lm's paths of lora_targets, once the model is known
+        self.selection = Selection(config.early_stopping_patience)
+        self.selects_best = False  # whether the adapter publishes the best weights (known with the data)
+        self.checkpointed_best: int | None = None  # the best step the latest checkpoint names
+        self.best_dir = run_dir / "best"
 
     # Setting up ---------------------------------------------------------------------------------
 
@@ -180,6 +187,8 @@ class TrainingRun:
                                {"rows_left_out": skipped})
         if len(train) < cfg.batch_size:
             raise InputError("batch_size", f"{cfg.batch_size} exceeds the {len(train)} training rows")
+        cfg.check_rows(len(self.examples.valid))
+        self.selects_best = cfg.selects_best(data.valid is not None)
         total = self.total_steps(len(train))
         optimizer = self.optimizer(total)
 
@@ -194,6 +203,8 @@ class TrainingRun:
             optimizer.state = saved.optimizer_state
             start = saved.step
             order = self._restore_randomness(saved, train)
+            self.selection = Selection.restored(cfg.early_stopping_patience, saved.extra)
+            self.checkpointed_best = self.selection.best_step
             self.reporter.phase("training", f"resuming from step {start}")
 
         # The fast SwiGLU and attention must be in place while the step is traced (at its first call,
@@ -205,12 +216,36 @@ class TrainingRun:
             step, stopped = self._train(model, optimizer, order, data, start, total)
         if stopped:
             return RunOutcome(stopped, step)
-        if not self.ranks.lead:  # rank 0 writes the checkpoint and the adapter
-            return RunOutcome("completed", step, None, model, tokenizer)
+        # Rank 0 writes the checkpoint and the adapter; every rank takes part in the test loss.
+        adapter = self._publish(model, optimizer, step, order) if self.ranks.lead else None
+        self._test(model, data.test, step)
+        return RunOutcome("completed", step, adapter, model, tokenizer)
+
+    def _publish(self, model, optimizer, step: int, order: batching.DataOrder) -> Path:
+        """The final checkpoint, where the last weights stay, then the adapter of the selected weights,
+        which the model then holds (for the test loss and a judge)."""
         self.reporter.phase("saving", "writing the final checkpoint and adapter")
         self.reporter.checkpoint(step, self._save(model, optimizer, step, order))
+        best = self.selection.best_step if self.selects_best else None
+        selected, chosen = ("best", best) if best is not None else ("last", step)
+        if chosen != step:
+            weights = mx.load(str(checkpoint.best_path(self.best_dir, chosen)))
+            model.load_weights(list(weights.items()), strict=False)
         adapter = checkpoint.save_adapter(self.run_dir / "adapters", model, self.adapter_config(model))
-        return RunOutcome("completed", step, adapter, model, tokenizer)
+        self.reporter.published(selected, chosen, adapter)
+        return adapter
+
+    def _test(self, model, test, step: int) -> None:
+        """`mlx_lm lora --test`'s loss over the whole test split, of the published weights: rank 0's
+        (the other ranks evaluate no batch, only joining evaluate's sums)."""
+        if test is None:
+            return
+        cfg = self.config
+        self.reporter.phase("evaluating", f"test loss over {len(test)} rows")
+        test_loss = evaluate(model, test, batch_size=min(cfg.batch_size, len(test)),
+                             num_batches=-1 if self.ranks.lead else 0, max_seq_length=cfg.max_seq_length,
+                             iterate_batches=batching.every_batch)
+        self.reporter.evaluation(step, {"test_loss": float(test_loss)})
 
     def _shard(self) -> tuple[int, int]:
         return self.ranks.rank, self.ranks.size
@@ -263,21 +298,34 @@ class TrainingRun:
                 "peak_memory_mb": mx.get_peak_memory() / _MB,
             })
             if data.valid is not None and (step % cfg.eval_steps == 0 or step == total):
-                self.reporter.phase("evaluating", f"validation loss at step {step}")
-                val_loss = evaluate(model, data.valid, batch_size=min(cfg.batch_size, len(data.valid)),
-                                    num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length,
-                                    iterate_batches=partial(batching.validation_batches, seed=cfg.seed,
-                                                            step=step))
-                model.train()
-                if not math.isfinite(val_loss):
-                    raise LossNotFinite("the validation loss", step, val_loss)
-                self.reporter.evaluation(step, {"eval_loss": float(val_loss)})
-                faults.reach("after_eval", step)
+                self._validate(model, data.valid, step)
+                if self.selection.exhausted and step < total:
+                    self.reporter.note(self.selection.early_stop(step), {"early_stop": step,
+                                                                        **self.selection.state()})
+                    return step, None
                 if step < total:
                     self.reporter.phase("training", f"training steps {step + 1} to {total}")
             if step % cfg.save_every == 0 and step < total and self.ranks.lead:
                 self.reporter.checkpoint(step, self._save(model, optimizer, step, batches))
         return step, None
+
+    def _validate(self, model, valid, step: int) -> None:
+        """The validation loss at `step`; a new best's weights are kept (by rank 0) when the adapter
+        will publish them."""
+        cfg = self.config
+        self.reporter.phase("evaluating", f"validation loss at step {step}")
+        val_loss = evaluate(model, valid, batch_size=min(cfg.batch_size, len(valid)),
+                            num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length,
+                            iterate_batches=partial(batching.validation_batches, seed=cfg.seed, step=step))
+        model.train()
+        if not math.isfinite(val_loss):
+            raise LossNotFinite("the validation loss", step, val_loss)
+        self.reporter.evaluation(step, {"eval_loss": float(val_loss)})
+        if self.selection.observe(step, float(val_loss)):
+            if self.selects_best and self.ranks.lead:
+                checkpoint.save_best(self.best_dir, step, model, keep=self.checkpointed_best)
+            self.reporter.best(step, float(val_loss))
+        faults.reach("after_eval", step)
 
     def _step_function(self, model, optimizer):
         """The compiled micro-step, shaped as mlx-lm's own: gradients add up over micro-batches and
@@ -341,9 +389,13 @@ class TrainingRun:
         mx.eval(model.trainable_parameters(), optimizer.state, mx.random.state)
         batches_used = step * self.config.gradient_accumulation_steps
         key = [int(k) for k in mx.random.state[0].tolist()]
-        return checkpoint.save(self.run_dir / "checkpoints", step, model, optimizer,
-                               {"seed": self.config.seed, "batches_used": batches_used,
-                                "data_order": order.position(), "random_key": key})
+        saved = checkpoint.save(self.run_dir / "checkpoints", step, model, optimizer,
+                                {"seed": self.config.seed, "batches_used": batches_used,
+                                 "data_order": order.position(), "random_key": key, **self.selection.state()})
+        # A resume from this checkpoint returns to its best: older bests can go.
+        self.checkpointed_best = self.selection.best_step
+        checkpoint.prune_best(self.best_dir, {self.checkpointed_best})
+        return saved
 
 
 def lora_keys(model: nn.Module, targets: list[str]) -> list[str]:

@@ -4,7 +4,8 @@ A job that starts on a (nearly) full disk trains until its first checkpoint and 
 on the same disk, is empty. So a job is refused at submission while the run folder's filesystem has
 less room than its checkpoint needs, estimated from the model's safetensors headers (read, not
 loaded): the trainable parameters (all of them for sft, LoRA's A and B for lora and qlora) in fp32,
-twice more for AdamW's two moments, once more for the adapter written at the end.
+twice more for AdamW's two moments, once more for the adapter written at the end, and twice more
+for the best weights a run selecting them keeps (the newest, and the one the latest checkpoint names).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from workbench.training.config import TrainingConfig
 _MB = 1024 * 1024
 MARGIN = 4 * _MB  # the job's log, its metrics and events in the store, a checkpoint's JSON files
 _BYTES_PER_TRAINABLE = 4 * (1 + 2 + 1)  # fp32 weights, AdamW's m and v, the adapter
+_BYTES_PER_BEST = 4 * 2  # fp32 weights, at most two bests kept (training/run.py)
 
 
 def free_bytes(path: Path) -> int:
@@ -82,7 +84,8 @@ def trainable_parameters(model_path: str | Path, config: TrainingConfig) -> int:
 
 
 def checkpoint_bytes(model_path: str | Path, config: TrainingConfig) -> int:
-    return trainable_parameters(model_path, config) * _BYTES_PER_TRAINABLE + MARGIN
+    per_trainable = _BYTES_PER_TRAINABLE + (_BYTES_PER_BEST if config.select_checkpoint != "last" else 0)
+    return trainable_parameters(model_path, config) * per_trainable + MARGIN
 
 
 def require_room(folder: Path, needed: int) -> None:

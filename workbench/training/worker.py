@@ -58,6 +58,14 @@ class StoreReporter(Reporter):
         self.store.update(self.job_id, **metrics)
         self.store.event(self.job_id, "metrics", f"step {step}: {metrics}", data={"step": step, **metrics})
 
+    def best(self, step: int, eval_loss: float) -> None:
+        self.store.update(self.job_id, best_step=step, best_eval_loss=eval_loss)
+
+    def published(self, selected: str, step: int, path: Path) -> None:
+        self.store.update(self.job_id, selected_checkpoint=selected)
+        self.store.event(self.job_id, "message", f"published the {selected} weights (step {step}) at {path}",
+                         data={"selected_checkpoint": selected, "step": step, "adapter_path": str(path)})
+
     def ranks(self, figures: dict[str, list[float]]) -> None:
         if self.distributed is not None:
             for name, values in figures.items():

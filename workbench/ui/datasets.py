@@ -108,8 +108,9 @@ class DatasetPanel(Panel):
 
 def _summary(summary: dict) -> str:
     masked = "prompts masked (loss on the answers only)" if summary["mask_prompt"] else "nothing masked"
+    test = f", {summary['test_rows']} test" if summary.get("test_rows") else ""
     return (f"<b>{escape(summary['source'])}</b>: {summary['rows']} rows ({summary['train_rows']} train, "
-            f"{summary['valid_rows']} validation), format {escape(summary['format'])}, {masked}")
+            f"{summary['valid_rows']} validation{test}), format {escape(summary['format'])}, {masked}")
 
 
 def _sample(number: int, row: dict, max_seq_length: int) -> str:

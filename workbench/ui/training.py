@@ -202,10 +202,16 @@ def _stats(status: JobStatus) -> str:
         f"<b>train loss</b>: {number(status.loss)}",
         f"<b>validation loss</b>: {number(status.eval_loss)}",
     ]
+    if status.best_step is not None:
+        lines.append(f"<b>best validation loss</b>: {number(status.best_eval_loss)}, step {status.best_step}")
+    if status.test_loss is not None:
+        lines.append(f"<b>test loss</b>: {number(status.test_loss)}")
     if status.judge_score is not None:
         lines.append(f"<b>judge score</b>: {number(status.judge_score)}")
     lines += [f"<b>type</b>: {escape(status.training_type)} on {escape(status.backend or '?')}",
               muted(f"checkpoint: {status.checkpoint or '–'}")]
+    if status.selected_checkpoint:
+        lines.append(muted(f"adapter: the {status.selected_checkpoint} weights"))
     error = status.error
     if error:
         lines.append(f'<span style="color:#b00020">{escape(error.get("message"))}</span>')
