@@ -16,7 +16,7 @@ from service.body_guard import BodyGuard
 from service.errors import install_error_handlers
 from service.guard import RequestGuard
 from service.openapi import keep_what_applies
-from service.routes import datasets, generate, openai_compat, providers, system, training
+from service.routes import datasets, evaluation, generate, openai_compat, providers, system, training
 from workbench.core import Workbench
 from workbench.providers.litellm_bridge import route_litellm_logs
 from workbench.providers.secrets import redactor
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(RequestGuard, settings=settings)  # added last: runs first, before CORS
-    for module in (system, providers, generate, openai_compat, training, datasets):
+    for module in (system, providers, generate, openai_compat, training, evaluation, datasets):
         app.include_router(module.router)
     keep_what_applies(app, settings.requires_token())
     return app

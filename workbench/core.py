@@ -17,6 +17,7 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.errors import InputError
+from workbench.evaluation.config import EvalConfig
 from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.providers.local_mlx import LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
@@ -29,6 +30,9 @@ from workbench.schemas import (
     BatchItem,
     ConfigureResponse,
     DatasetPreview,
+    EvalSamples,
+    EvalStartResponse,
+    EvalStatus,
     FallbackResponse,
     FuseResponse,
     GenerateResponse,
@@ -130,7 +134,7 @@ class Workbench:
 
     def list_jobs(self) -> list[JobStatus]:
         """Every job, newest first."""
-        return [JobStatus.of(job) for job in self.store.jobs()]
+        return [JobStatus.of(job) for job in self.store.jobs(kind="train")]
 
     def metrics(self, experiment_name: str) -> MetricsResponse:
         """The step series of the experiment's latest job."""
@@ -140,7 +144,9 @@ class Workbench:
 
     def events(self, experiment_name: str, after: int = 0) -> JobEvents:
         """The latest job's events after the one numbered `after`, and whether it has ended."""
-        job = self.jobs.job(experiment_name)
+        return self._events(self.jobs.job(experiment_name), after)
+
+    def _events(self, job: dict, after: int) -> JobEvents:
         # The state first: events written after it are then read too, so none is missed at the end.
         ended = job["status"] in TERMINAL
         events = [JobEvent(**event) for event in self.store.events(job["job_id"], after)]
@@ -192,6 +198,45 @@ class Workbench:
         rows = preview(spec, tokenizer, self.settings, request.rows)
         lengths = token_lengths(spec, tokenizer, self.settings) if request.token_lengths else None
         return DatasetPreview(summary=asdict(summary), rows=rows, token_lengths=lengths)
+
+    # Evaluation jobs (workbench/evaluation/) ----------------------------------------------------
+
+    def start_evaluation(self, config: EvalConfig) -> EvalStartResponse:
+        """Queue an evaluation job: lm-eval's tasks over a model, an experiment's adapter (not fused)
+        or a folder; it shares the training jobs' queue."""
+        job = self.jobs.start_eval(config)
+        return EvalStartResponse(name=job["experiment_name"], job_id=job["job_id"], status="started",
+                                 state=job["status"], model_path=job["model_path"])
+
+    def stop_evaluation(self, name: str, wait_s: float = 30.0) -> EvalStatus:
+        """Stop a queued or running evaluation (a running one ends between chunks of requests)."""
+        job = self.jobs.stop(name, kind="eval")
+        return EvalStatus.of(self._until_ended(job["job_id"], wait_s))
+
+    def evaluation_status(self, name: str) -> EvalStatus:
+        """The latest job of an evaluation: state, progress, and lm-eval's results once done."""
+        return EvalStatus.of(self.jobs.job(name, kind="eval"))
+
+    def list_evaluations(self) -> list[EvalStatus]:
+        """Every evaluation job, newest first."""
+        return [EvalStatus.of(job) for job in self.store.jobs(kind="eval")]
+
+    def evaluation_events(self, name: str, after: int = 0) -> JobEvents:
+        """The latest evaluation job's events after the one numbered `after`."""
+        return self._events(self.jobs.job(name, kind="eval"), after)
+
+    def evaluation_samples(self, name: str, offset: int = 0, limit: int = 50,
+                           task: str | None = None) -> EvalSamples:
+        """A page of the items an evaluation scored: prompt, target, response and scores."""
+        from workbench.evaluation.job import read_samples
+
+        job = self.jobs.job(name, kind="eval")
+        total, items = read_samples(Path(job["run_dir"]), offset, limit, task)
+        return EvalSamples(name=name, job_id=job["job_id"], total=total, offset=offset, items=items)
+
+    def wait_evaluation(self, name: str, timeout_s: float | None = None) -> EvalStatus:
+        """The evaluation's latest job once it has ended, or as it is after `timeout_s`."""
+        return EvalStatus.of(self._until_ended(self.jobs.job(name, kind="eval")["job_id"], timeout_s))
 
     # Providers ----------------------------------------------------------------------------------
 

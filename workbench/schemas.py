@@ -192,3 +192,58 @@ class DatasetPreview(BaseModel):
     rows: list[dict] = Field(description="The first rows as the model sees them: text, and which tokens "
                              "are trained.")
     token_lengths: list[int] | None = Field(default=None, description="Tokens in every row, when asked for.")
+
+
+# Evaluation jobs (workbench/evaluation/) ------------------------------------------------------------
+
+class EvalStartResponse(BaseModel):
+    name: str
+    job_id: str
+    status: Literal["started"] = Field(description="Always `started`: the job was accepted.")
+    state: str = Field(description="The job's real state: queued or running.")
+    model_path: str = Field(description="The model folder the name resolved to (an experiment's base).")
+
+
+class EvalStatus(BaseModel):
+    """GET /eval/{name}/status and each item of GET /eval/jobs."""
+
+    name: str
+    job_id: str
+    status: str = Field(description="queued, running, completed, failed, stopped or interrupted.")
+    phase: str | None = Field(default=None, description="starting, loading_model, loading_tasks, "
+                              "evaluating, completed...")
+    model: str | None = Field(description="What was asked for: a model, an experiment or a folder.")
+    model_path: str
+    tasks: list[str]
+    done: int = Field(description="Requests answered, of the kind lm-eval asks now.")
+    total: int | None = Field(description="Requests of that kind in all.")
+    progress: float = Field(description="done / total (0 before the total is known).")
+    results: dict | None = Field(default=None, description="Each task's metrics as lm-eval reports them "
+                                 "(`acc,none`, `acc_stderr,none`, ...), once completed.")
+    error: dict | None = None
+    pid: int | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    config: dict = Field(description="The evaluation's configuration, with defaults filled in.")
+
+    @classmethod
+    def of(cls, job: dict) -> EvalStatus:
+        total = job["total_steps"]
+        return cls(name=job["experiment_name"], job_id=job["job_id"], status=str(job["status"]),
+                   phase=job["phase"], model=job["config"].get("model"), model_path=job["model_path"],
+                   tasks=job["config"]["tasks"], done=job["current_step"], total=total,
+                   progress=round(job["current_step"] / total, 4) if total else 0.0,
+                   results=job["results"], error=job["error"], pid=job["pid"],
+                   created_at=job["created_at"], started_at=job["started_at"],
+                   finished_at=job["finished_at"], config=job["config"])
+
+
+class EvalSamples(BaseModel):
+    """GET /eval/{name}/samples: a page of the items an evaluation scored."""
+
+    name: str
+    job_id: str
+    total: int = Field(description="Items in all (of `task`, when given).")
+    offset: int
+    items: list[dict] = Field(description="task, doc_id, prompt, target, response, and each metric's score.")

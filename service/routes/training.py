@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.sse import format_sse_event
+from fastapi import APIRouter, Header, Path
+from fastapi.responses import StreamingResponse
 
 from service.deps import Authorized, WorkbenchDep
+from service.events import EVENTS_DOC, Follow, LastEventId, event_stream
 from service.openapi import COMMON, error_responses
 from workbench.errors import InputError
 from workbench.schemas import FuseResponse, JobAction, JobStatus, MetricsResponse, StartRequest, StartResponse
@@ -23,11 +20,6 @@ ExperimentName = Annotated[str, Path(pattern=EXPERIMENT_NAME_PATTERN, descriptio
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
                                               description="Same as the body's request_id.")]
-
-_EVENTS_DOC = {200: {"content": {"text/event-stream": {}, "application/json": {}},
-                     "description": "Server-sent events; reconnect with Last-Event-ID to miss nothing. "
-                     "With follow=false, the events so far as JSON."}}
-
 
 @router.post("/start", response_model=StartResponse)
 def start(body: StartRequest, workbench: WorkbenchDep, idempotency_key: IdempotencyKey = None):
@@ -68,29 +60,11 @@ def metrics(experiment_name: ExperimentName, workbench: WorkbenchDep):
     return workbench.metrics(experiment_name)
 
 
-@router.get("/{experiment_name}/events", response_class=StreamingResponse, responses=_EVENTS_DOC)
-async def events(experiment_name: ExperimentName, workbench: WorkbenchDep,
-                 last_event_id: int = Header(default=0, ge=0, alias="Last-Event-ID"),
-                 follow: bool = Query(default=True, description="false: answer the events written so far "
-                                      "at once, as JSON (a JobEvents), instead of streaming them.")):
+@router.get("/{experiment_name}/events", response_class=StreamingResponse, responses=EVENTS_DOC)
+async def events(experiment_name: ExperimentName, workbench: WorkbenchDep, last_event_id: LastEventId = 0,
+                 follow: Follow = True):
     """Progress as server-sent events (types: state, message, metrics), until the job ends."""
-    first = await run_in_threadpool(workbench.events, experiment_name, last_event_id)  # a 404 comes here
-    if not follow:
-        return JSONResponse(first.model_dump(mode="json"))
-
-    async def stream():
-        page, after = first, last_event_id
-        while True:
-            for event in page.events:
-                after = event.id
-                yield format_sse_event(data_str=json.dumps(event.model_dump()), event=event.type,
-                                       id=str(event.id))
-            if page.ended:
-                return
-            await asyncio.sleep(0.3)
-            page = await run_in_threadpool(workbench.events, experiment_name, after)
-
-    return StreamingResponse(stream(), media_type="text/event-stream")
+    return await event_stream(lambda after: workbench.events(experiment_name, after), last_event_id, follow)
 
 
 @router.post("/{experiment_name}/fuse", response_model=FuseResponse)

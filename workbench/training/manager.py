@@ -110,8 +110,8 @@ class JobManager:
                              "different configuration: send a new request_id for a new job", status=409)
         return job
 
-    def stop(self, experiment_name: str) -> dict:
-        job = self.job(experiment_name)
+    def stop(self, experiment_name: str, kind: str = "train") -> dict:
+        job = self.job(experiment_name, kind)
         with self._lock:
             if job["status"] == "queued":
                 self.store.set_status(job["job_id"], "stopped", "stopped before it started", phase="stopped")
@@ -125,8 +125,8 @@ class JobManager:
                     self.store.set_status(job["job_id"], "stopped", "stopped (no live worker)",
                                           phase="stopped")
             else:
-                raise InputError("experiment_name", f"{experiment_name} is {job['status']}; nothing to stop",
-                                 status=409)
+                raise InputError("experiment_name" if kind == "train" else "name",
+                                 f"{experiment_name} is {job['status']}; nothing to stop", status=409)
         return self.store.get(job["job_id"])
 
     def resume(self, experiment_name: str, launch: bool = True) -> dict:
@@ -151,14 +151,41 @@ class JobManager:
                 self._schedule()
         return self.store.get(job["job_id"])
 
-    def job(self, experiment_name: str) -> dict:
-        job = self.store.latest(experiment_name)
+    def job(self, experiment_name: str, kind: str = "train") -> dict:
+        """The latest job of an experiment (or, of kind eval, of an evaluation)."""
+        job = self.store.latest(experiment_name, kind)
         if job is None:
+            if kind == "eval":
+                raise InputError("name", f"no evaluation named {experiment_name}", status=404)
             raise InputError("experiment_name", f"no experiment named {experiment_name}", status=404)
         return job
 
+    def start_eval(self, config, launch: bool = True) -> dict:
+        """Check an evaluation's model and tasks, then queue it as a job of kind eval (the same queue,
+        workers, store and events as training); launch=False leaves it to the caller to run."""
+        from workbench.evaluation import tasks
+
+        try:
+            resolved = self.resolver.resolve(config.model or self.settings.default_model)
+        except ModelNotFound as exc:
+            raise InputError("model", str(exc)) from None
+        tasks.check_tasks(config.tasks, tasks.task_manager(self.settings),
+                          offline=tasks.offline_for(self.settings))
+        with self._lock:
+            current = self.store.latest(config.name, "eval")
+            if current and current["status"] in ACTIVE:
+                raise InputError("name", f"{config.name} is already {current['status']}", status=409)
+            job = self.store.create(config.name, config.model_dump(), self.eval_root(config.name),
+                                    resolved.path, status="queued" if launch else "running", kind="eval")
+            if launch:
+                self._schedule()
+        return self.store.get(job["job_id"])
+
     def run_root(self, experiment_name: str) -> Path:
         return self.settings.home_dir / "runs" / experiment_name
+
+    def eval_root(self, name: str) -> Path:
+        return self.settings.home_dir / "evals" / name
 
     def counts(self) -> dict:
         jobs = self.store.jobs()

@@ -101,6 +101,9 @@ class JobFields(Measures):
 class JobRecord(JobFields):
     """A job as the store keeps it: what the API shows, and the bookkeeping behind it."""
 
+    kind: str = Field(default="train", description="train, or eval: an evaluation job "
+                      "(workbench/evaluation/), whose name is in experiment_name.")
+    results: dict | None = Field(default=None, description="An evaluation's metrics, by task.")
     run_dir: str
     updated_at: float | None = None
     resume: bool = Field(default=False, description="The next worker continues from the last checkpoint.")
@@ -160,6 +163,8 @@ def column(model: type[BaseModel], name: str) -> str:
     default = field.default
     if default is not None and not field.is_required() and isinstance(default, (int, float, bool)):
         sql += f" NOT NULL DEFAULT {int(default) if isinstance(default, bool) else default}"
+    elif isinstance(default, str) and not field.is_required():
+        sql += f" NOT NULL DEFAULT '{default}'"
     elif field.is_required():
         sql += " NOT NULL"
     return sql

@@ -81,16 +81,17 @@ class JobStore:
     # Jobs ---------------------------------------------------------------------------------------
 
     def create(self, experiment_name: str, config: dict, run_dir: Path, model_path: str,
-               status: str = "queued", request_id: str | None = None) -> dict:
+               status: str = "queued", request_id: str | None = None, kind: str = "train") -> dict:
         job_id = f"job-{uuid.uuid4().hex[:12]}"
         now = time.time()
         self._run(
             "INSERT INTO jobs (job_id, experiment_name, config, status, phase, created_at, updated_at,"
-            " run_dir, model_path, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " run_dir, model_path, request_id, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, experiment_name, json.dumps(config), status, status, now, now, str(run_dir / job_id),
-             model_path, request_id),
+             model_path, request_id, kind),
         )
-        self.event(job_id, "message", f"job created for experiment {experiment_name}")
+        what = "experiment" if kind == "train" else "evaluation"
+        self.event(job_id, "message", f"job created for {what} {experiment_name}")
         return self.get(job_id)
 
     def update(self, job_id: str, **fields) -> None:
@@ -112,27 +113,33 @@ class JobStore:
         rows = self._run("SELECT * FROM jobs WHERE request_id = ?", (request_id,))
         return _job(rows[0]) if rows else None
 
-    def latest(self, experiment_name: str) -> dict | None:
+    def latest(self, experiment_name: str, kind: str = "train") -> dict | None:
         rows = self._run(
-            "SELECT * FROM jobs WHERE experiment_name = ? ORDER BY created_at DESC LIMIT 1",
-            (experiment_name,),
+            "SELECT * FROM jobs WHERE experiment_name = ? AND kind = ? ORDER BY created_at DESC LIMIT 1",
+            (experiment_name, kind),
         )
         return _job(rows[0]) if rows else None
 
     def latest_completed(self, experiment_name: str) -> dict | None:
         rows = self._run(
-            "SELECT * FROM jobs WHERE experiment_name = ? AND status = 'completed'"
+            "SELECT * FROM jobs WHERE experiment_name = ? AND kind = 'train' AND status = 'completed'"
             " AND adapter_path IS NOT NULL ORDER BY created_at DESC LIMIT 1",
             (experiment_name,),
         )
         return _job(rows[0]) if rows else None
 
-    def jobs(self, status: tuple[str, ...] | None = None) -> list[dict]:
+    def jobs(self, status: tuple[str, ...] | None = None, kind: str | None = None) -> list[dict]:
+        """Jobs of any kind or one, in these states (oldest first: the queue's order) or in all
+        (newest first)."""
+        where, args = ["1"], []
         if status:
-            marks = ",".join("?" * len(status))
-            rows = self._run(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created_at", status)
-        else:
-            rows = self._run("SELECT * FROM jobs ORDER BY created_at DESC")
+            where.append(f"status IN ({','.join('?' * len(status))})")
+            args += status
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        order = "created_at" if status else "created_at DESC"
+        rows = self._run(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY {order}", tuple(args))
         return [_job(r) for r in rows]
 
     def set_status(self, job_id: str, status: str, message: str, level: str = "info", **fields) -> None:

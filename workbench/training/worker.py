@@ -1,4 +1,5 @@
-"""A training job's own process: `python -m workbench.training.worker JOB_ID`.
+"""A job's own process: `python -m workbench.training.worker JOB_ID` (a training job, or an
+evaluation job, which workbench/evaluation/job.py runs).
 
 It reads the job from the store and the rows its submission kept in the run folder, runs it, and
 writes phases, step metrics, checkpoints and the final state back. SIGTERM stops it cleanly
@@ -113,6 +114,10 @@ class StopSignals:
 
 def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals, reporter=None) -> str:
     job = store.get(job_id)
+    if job["kind"] == "eval":  # an evaluation job: the same worker, queue and store
+        from workbench.evaluation.job import run_evaluation
+
+        return run_evaluation(job, settings, store, stop)
     config = TrainingConfig(**job["config"])
     # Under mlx.launch each rank runs this; rank 0 alone writes the store, checkpoints and adapter.
     placed = hosts.load(Path(job["run_dir"])) if config.num_workers > 1 else None
