@@ -56,7 +56,7 @@ class EvalConfig(BaseModel):
     max_tokens: int | None = Field(
         default=None, ge=1, le=MAX_TOKENS,
         description="Tokens generated per item in generation tasks; default: the task's own "
-        "max_gen_toks. Also bounds the length scored in multiple-choice tasks.",
+        "max_gen_toks.",
     )
     seed: int = Field(
         default=0, ge=0, le=2**32 - 1,
