@@ -51,7 +51,7 @@ def evaluate_as_lm_eval_does(models_dir, manager, task):
     )
 
 
-@pytest.mark.parametrize("task", ["workbench_arith_mc", "workbench_count_gen"])
+@pytest.mark.parametrize("task", ["workbench_arith_mc", "workbench_arith_gen", "workbench_count_gen"])
 def test_metrics_equal_lm_evals_own_run(task, models_dir, manager, loaded):
     config = EvalConfig(name="e", tasks=[task], limit=LIMIT, batch_size=BATCH)
 

@@ -1,7 +1,7 @@
 """Where evaluation tasks come from, and the checks that refuse a bad task before any job starts.
 
-Tasks are lm-eval's own (by name), the workbench's shipped ones (./tasks), and the task YAML files a
-user puts in `<home>/tasks` or in a folder of WORKBENCH_TASK_ROOTS; a later folder's task overrides an
+Tasks are lm-eval's own (by name), the workbench's shipped ones (./shipped), and the task YAML files
+a user puts in `<home>/tasks` or in a folder of WORKBENCH_TASK_ROOTS; a later folder's task overrides an
 earlier one of the same name. lm-eval itself skips a YAML it cannot parse with a debug log line, so
 the user's files are parsed here too, to name the broken file and line.
 """
@@ -20,10 +20,20 @@ from workbench import hub
 from workbench.errors import InputError
 from workbench.settings import Settings
 
-SHIPPED = Path(__file__).resolve().parent / "tasks"
+SHIPPED = Path(__file__).resolve().parent / "shipped"
 _IGNORED_PARTS = {"__pycache__", ".ipynb_checkpoints"}  # as lm-eval's own index walks folders
 
-log = logging.getLogger(__name__)
+
+
+class _NoFlagAdvice(logging.Filter):
+    """lm-eval warns, on every load of a task with a `custom_dataset` (the shipped ones), about a
+    command-line flag that does not exist here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+logging.getLogger("lm_eval.api.task").addFilter(_NoFlagAdvice())
 
 
 def task_roots(settings: Settings) -> list[Path]:

@@ -17,7 +17,7 @@ need carries across digits and a small model learns them slowly: expect the mult
 move from chance (0.25) sooner than the generated one. A training set for these tasks must leave out
 every question in these files (`heldout_questions()`).
 
-Deterministic: run `python workbench/evaluation/tasks/make_tasks.py` and commit the .jsonl files.
+Deterministic: run `python workbench/evaluation/shipped/make_tasks.py` and commit the .jsonl files.
 """
 
 from __future__ import annotations
