@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Folders besides <home>/datasets that dataset_path may point into (JSON list).",
     )
+    task_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders of lm-eval task YAML files besides <home>/tasks, usable by their `task:` "
+        "name: separated by the system's path separator (':' on Linux and macOS) or a JSON list.",
+    )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024,
         description="Largest request body accepted; a larger one is refused with 413 as it arrives.",
@@ -108,6 +113,17 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part for part in text.replace(",", " ").split() if part]
+        return value
+
+    @field_validator("task_roots", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        """As PATH is written (os.pathsep between folders), or a JSON list (what `as_env` writes)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
         return value
 
     @cached_property

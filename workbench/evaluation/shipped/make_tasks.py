@@ -1,0 +1,109 @@
+"""Writes the shipped evaluation items: arith_mc.jsonl, arith_gen.jsonl, count_gen.jsonl.
+
+The items ask what the workbench's sample data sets teach (workbench/data/samples/make_samples.py),
+in the same words, but about numbers those samples do not use, so that a score measures whether a
+model learnt the skill rather than the rows:
+- arithmetic: "What is 47 plus 25?" with two-digit operands (the samples' arithmetic rows pair
+  2..60 with 2..40; every question found in a sample file is left out). Multiple choice among the
+  right sum or difference, the other operation's answer and off-by-one and off-by-ten numbers, each
+  written as the samples answer ("47 plus 25 is 72."); or generated, scored on the last number.
+- counting: "Count from 57 to 62." starting at 30..90 (the samples start at 1..20), scored on the
+  whole list of numbers.
+
+What the tiny model can learn: its tokenizer writes every digit as its own token, so counting is a
+rule over digits it can pick up from a few hundred training rows (raise the units digit, carry into
+the tens); held-out counts from other starting numbers then improve. Two-digit sums and differences
+need carries across digits and a small model learns them slowly: expect the multiple-choice score to
+move from chance (0.25) sooner than the generated one. A training set for these tasks must leave out
+every question in these files (`heldout_questions()`).
+
+Deterministic: run `python workbench/evaluation/shipped/make_tasks.py` and commit the .jsonl files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SAMPLES = HERE.parent.parent / "data" / "samples"
+ARITH_ITEMS = 150
+COUNT_ITEMS = 120
+
+
+def sample_questions() -> set[str]:
+    """Every user question in the shipped sample data sets, whatever their format."""
+    found = set()
+    for path in SAMPLES.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            found.add(row.get("instruction", ""))
+            for turn in row.get("messages", []) + row.get("conversations", []):
+                found.add(turn.get("content") or turn.get("value") or "")
+    return found
+
+
+def arithmetic(rng: random.Random) -> tuple[str, str, int, list[int]]:
+    """A question, the answer's words before the number, the number, and three wrong numbers."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    if rng.random() < 0.5:
+        question, stem, right, other = f"What is {a} plus {b}?", f"{a} plus {b} is", a + b, abs(a - b)
+    else:
+        a, b = max(a, b), min(a, b)
+        question, stem, right, other = f"What is {a} minus {b}?", f"{a} minus {b} is", a - b, a + b
+    wrong = [n for n in dict.fromkeys([other, right + 1, right - 1, right + 10, right - 10])
+             if n >= 0 and n != right]
+    return question, stem, right, rng.sample(wrong, 3)
+
+
+def arith_items(rng: random.Random, taken: set[str]) -> list[tuple[str, str, int, list[int]]]:
+    items = []
+    while len(items) < ARITH_ITEMS:
+        item = arithmetic(rng)
+        if item[0] not in taken:
+            taken.add(item[0])
+            items.append(item)
+    return items
+
+
+def mc_row(item: tuple[str, str, int, list[int]], rng: random.Random) -> dict:
+    question, stem, right, wrong = item
+    numbers = [right, *wrong]
+    rng.shuffle(numbers)
+    return {"question": question, "choices": [f"{stem} {n}." for n in numbers],
+            "answer": numbers.index(right)}
+
+
+def count_items(rng: random.Random, taken: set[str]) -> list[dict]:
+    items = []
+    while len(items) < COUNT_ITEMS:
+        start = rng.randint(30, 90)
+        stop = start + rng.randint(3, 7)
+        question = f"Count from {start} to {stop}."
+        if question not in taken:
+            taken.add(question)
+            items.append({"question": question, "answer": ", ".join(str(i) for i in range(start, stop + 1))})
+    return items
+
+
+def heldout_questions() -> set[str]:
+    """The questions of every shipped item: what a training set for these tasks must not contain."""
+    return {json.loads(line)["question"] for path in HERE.glob("*.jsonl")
+            for line in path.read_text().splitlines()}
+
+
+def write(name: str, rows: list[dict]) -> None:
+    (HERE / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def main() -> None:
+    taken = sample_questions()
+    rng = random.Random(17)
+    write("arith_mc.jsonl", [mc_row(item, rng) for item in arith_items(rng, taken)])
+    write("arith_gen.jsonl", [{"question": q, "answer": str(n)} for q, _, n, _ in arith_items(rng, taken)])
+    write("count_gen.jsonl", count_items(rng, taken))
+
+
+if __name__ == "__main__":
+    main()
