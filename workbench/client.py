@@ -22,6 +22,7 @@ import httpx
 from pydantic import TypeAdapter
 
 from workbench.errors import Busy, InputError, ServiceError
+from workbench.evaluation.config import EvalConfig
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import AllProvidersFailed
 from workbench.providers.store import ProviderConfig
@@ -30,6 +31,9 @@ from workbench.schemas import (
     BatchItem,
     ConfigureResponse,
     DatasetPreview,
+    EvalSamples,
+    EvalStartResponse,
+    EvalStatus,
     FallbackResponse,
     FuseResponse,
     GenerateResponse,
@@ -116,20 +120,40 @@ class Client:
 
     def wait(self, experiment_name: str, timeout_s: float | None = None) -> JobStatus:
         """The experiment's latest job once it has ended, or as it is after `timeout_s`."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            status = self.job_status(experiment_name)
-            if status.status in TERMINAL:
-                return status
-            if deadline is not None and time.monotonic() >= deadline:
-                return status
-            time.sleep(0.3)
+        return _until(lambda: self.job_status(experiment_name), timeout_s)
 
     def fuse(self, experiment_name: str) -> FuseResponse:
         return self._call(FuseResponse, "POST", f"/train/{experiment_name}/fuse")
 
     def preview_dataset(self, request: PreviewRequest) -> DatasetPreview:
         return self._call(DatasetPreview, "POST", "/datasets/preview", request.model_dump(mode="json"))
+
+    # Evaluation jobs --------------------------------------------------------------------------------
+
+    def start_evaluation(self, config: EvalConfig) -> EvalStartResponse:
+        return self._call(EvalStartResponse, "POST", "/eval/start", config.model_dump(mode="json"))
+
+    def stop_evaluation(self, name: str) -> EvalStatus:
+        return self._call(EvalStatus, "POST", f"/eval/{name}/stop")
+
+    def evaluation_status(self, name: str) -> EvalStatus:
+        return self._call(EvalStatus, "GET", f"/eval/{name}/status")
+
+    def list_evaluations(self) -> list[EvalStatus]:
+        return self._call(list[EvalStatus], "GET", "/eval/jobs")
+
+    def evaluation_events(self, name: str, after: int = 0) -> JobEvents:
+        return self._call(JobEvents, "GET", f"/eval/{name}/events", params={"follow": "false"},
+                          headers={"Last-Event-ID": str(after)})
+
+    def evaluation_samples(self, name: str, offset: int = 0, limit: int = 50,
+                           task: str | None = None) -> EvalSamples:
+        params = {"offset": offset, "limit": limit} | ({"task": task} if task else {})
+        return self._call(EvalSamples, "GET", f"/eval/{name}/samples", params=params)
+
+    def wait_evaluation(self, name: str, timeout_s: float | None = None) -> EvalStatus:
+        """The evaluation's latest job once it has ended, or as it is after `timeout_s`."""
+        return _until(lambda: self.evaluation_status(name), timeout_s)
 
     # Providers ----------------------------------------------------------------------------------------
 
@@ -219,6 +243,16 @@ class RemoteStream:
 
     def cancel(self) -> None:
         self._events.close()
+
+
+def _until(status_now, timeout_s: float | None):
+    """A job's status once it has ended, or as it is after `timeout_s`."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        status = status_now()
+        if status.status in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+            return status
+        time.sleep(0.3)
 
 
 def refusal(status: int, content: bytes, headers=None) -> Exception:

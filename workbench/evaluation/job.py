@@ -45,7 +45,7 @@ def run_evaluation(job: dict, settings: Settings, store: JobStore, stop) -> str:
         resolved = ModelResolver(settings, jobs=store).resolve(config.model or settings.default_model)
         loaded = harness.load(resolved)
         phase("loading_tasks", f"building {', '.join(config.tasks)}")
-        manager = tasks.task_manager(settings)
+        manager = tasks.task_manager(settings, names=config.tasks)
         phase("evaluating", "lm-eval's evaluator over the model")
         outcome = harness.run(harness.make_lm(loaded, config), config, manager,
                               progress=_Progress(store, job_id), should_stop=lambda: stop() is not None)
@@ -105,7 +105,7 @@ def read_samples(run_dir: Path, offset: int, limit: int, task: str | None) -> tu
 
 def _headline(metrics: dict) -> str:
     """A task's first metric, as lm-eval names it ("acc,none 0.42")."""
-    for name, value in metrics.items():
-        if "_stderr" not in name and isinstance(value, (int, float)):
+    for name, value in metrics.items():  # "acc,none": lm-eval names a metric with its filter
+        if "," in name and "_stderr" not in name and isinstance(value, (int, float)):
             return f"{name} {value:.4g}"
     return "no metric"

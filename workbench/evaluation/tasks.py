@@ -9,6 +9,7 @@ the user's files are parsed here too, to name the broken file and line.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from pathlib import Path
 
@@ -43,15 +44,30 @@ def task_roots(settings: Settings) -> list[Path]:
     return [SHIPPED, home_tasks, *(Path(p).expanduser().resolve() for p in settings.task_roots)]
 
 
-def task_manager(settings: Settings, registered: bool = True) -> TaskManager:
-    """lm-eval's task index over its own tasks (unless `registered` is off: indexing them takes some
-    seconds) and the workbench's folders. Checks the user's folders first: a YAML there that does not
-    parse is an InputError naming it."""
+def task_manager(settings: Settings, registered: bool = True, names: list[str] | None = None) -> TaskManager:
+    """lm-eval's task index over the workbench's folders, and over lm-eval's own tasks unless
+    `registered` is off, or `names` are all found in the workbench's folders (indexing lm-eval's
+    fourteen thousand task files takes seconds). Checks the user's folders first: a YAML there that
+    does not parse is an InputError naming it."""
     roots = task_roots(settings)
     for root in roots[1:]:
         check_yaml_files(root)
-    return TaskManager(include_path=[str(root) for root in roots if root.is_dir()],
-                       include_defaults=registered)
+    folders = tuple(str(root) for root in roots if root.is_dir())
+    ours = TaskManager(include_path=list(folders), include_defaults=False)
+    if not registered or (names is not None and set(names) <= set(ours.all_tasks)):
+        return ours
+    return _with_registered(folders, _stamp(roots[1:]))
+
+
+@functools.lru_cache(maxsize=1)
+def _with_registered(folders: tuple[str, ...], stamp: tuple) -> TaskManager:
+    """The whole index, kept while the user's task files stay as they were (`stamp`)."""
+    return TaskManager(include_path=list(folders), include_defaults=True)
+
+
+def _stamp(roots: list[Path]) -> tuple:
+    return tuple((str(path), path.stat().st_mtime_ns) for root in roots if root.is_dir()
+                 for path in sorted(root.rglob("*")) if path.is_file())
 
 
 def check_yaml_files(root: Path) -> None:

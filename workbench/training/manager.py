@@ -169,7 +169,7 @@ class JobManager:
             resolved = self.resolver.resolve(config.model or self.settings.default_model)
         except ModelNotFound as exc:
             raise InputError("model", str(exc)) from None
-        tasks.check_tasks(config.tasks, tasks.task_manager(self.settings),
+        tasks.check_tasks(config.tasks, tasks.task_manager(self.settings, names=config.tasks),
                           offline=tasks.offline_for(self.settings))
         with self._lock:
             current = self.store.latest(config.name, "eval")
