@@ -52,3 +52,18 @@ def test_a_bad_configuration_names_the_field(tmp_path, models_dir):
                    "batch_size: -2\n")
     assert done.returncode == 2
     assert "batch_size" in done.stderr
+
+
+def test_evaluate_from_a_yaml_file(tmp_path, models_dir):
+    config = tmp_path / "eval.yaml"
+    config.write_text("name: cli_eval\nmodel: tiny\ntasks: [workbench_arith_mc]\nlimit: 4\n")
+    env = os.environ | {"WORKBENCH_HOME": str(tmp_path / "home"), "WORKBENCH_MODELS_PATH": models_dir,
+                        "WORKBENCH_HUB_DOWNLOADS": "false"}
+    done = subprocess.run([sys.executable, "-m", "workbench", "eval", str(config)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cli_eval: completed" in done.stdout and "workbench_arith_mc: acc,none" in done.stdout
+    assert "loglikelihood" in done.stderr and "16/16" in done.stderr  # the bar: 4 items x 4 choices
+
+    job = JobStore(tmp_path / "home" / "workbench.db").latest("cli_eval", kind="eval")
+    assert job["status"] == "completed" and "workbench_arith_mc" in job["results"]

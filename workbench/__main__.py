@@ -1,4 +1,5 @@
 """`python -m workbench train config.yaml`: run a training job in the foreground, with a progress bar.
+`python -m workbench eval config.yaml`: run an evaluation job (lm-eval tasks) likewise.
 `python -m workbench backup [DEST]`: copy the job database, also while the service runs.
 
 The job goes into the same store as the service's jobs, so the service and the notebooks list it
@@ -123,6 +124,43 @@ def train_ranks(config, resume: bool) -> int:
     return 0 if status == "completed" else 1
 
 
+def evaluate(config_path: Path) -> int:
+    """An evaluation job in the foreground, with a progress bar for each kind of lm-eval request."""
+    from workbench.core import Workbench
+    from workbench.evaluation.config import EvalConfig
+    from workbench.evaluation.job import run_evaluation
+    from workbench.training.worker import StopSignals
+
+    try:
+        config = EvalConfig(**(yaml.safe_load(config_path.read_text()) or {}))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return 2
+    bench = Workbench(manage_jobs=False)
+    bars: dict[str, tqdm] = {}
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar = bars.setdefault(what, tqdm(total=total, desc=what, unit="req", dynamic_ncols=True))
+        bar.update(done - bar.n)
+
+    try:
+        job = bench.jobs.start_eval(config, launch=False)
+        state = run_evaluation(job, bench.settings, bench.store, StopSignals(), progress)
+        status = bench.evaluation_status(config.name)
+    except InputError as exc:
+        print(f"{exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        for bar in bars.values():
+            bar.close()
+        bench.close()
+    for task, metrics in (status.results or {}).items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "," in k and isinstance(v, float))
+        print(f"{task}: {shown}")
+    print(f"{config.name}: {state}" + (f" ({status.error['message']})" if status.error else ""))
+    return 0 if state == "completed" else 1
+
+
 def backup(dest: Path | None) -> int:
     import sqlite3
 
@@ -154,12 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("train", help="run a training job from a YAML configuration")
     run.add_argument("config", type=Path, help="YAML with the fields of POST /train/start")
     run.add_argument("--resume", action="store_true", help="continue the experiment from its last checkpoint")
+    check = commands.add_parser("eval", help="run an evaluation job (lm-eval tasks) from a YAML file")
+    check.add_argument("config", type=Path, help="YAML with the fields of POST /eval/start")
     save = commands.add_parser("backup", help="copy the job database (safe while the service runs)")
     save.add_argument("dest", type=Path, nargs="?",
                       help="file or folder for the copy (default: <home>/backups/)")
     args = parser.parse_args(argv)
     if args.command == "backup":
         return backup(args.dest)
+    if args.command == "eval":
+        return evaluate(args.config)
     return train(args.config, args.resume)
 
 

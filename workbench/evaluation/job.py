@@ -26,9 +26,9 @@ SAMPLES = "samples.jsonl"
 _PROGRESS_EVERY_S = 1.0  # the store hears of progress at most this often, and at each kind's end
 
 
-def run_evaluation(job: dict, settings: Settings, store: JobStore, stop) -> str:
+def run_evaluation(job: dict, settings: Settings, store: JobStore, stop, progress=None) -> str:
     """Run an evaluation job to its end; answers its final state. `stop()` says why to stop, if it
-    should (the worker's signals)."""
+    should (the worker's signals); `progress(done, total, what)` hears of each chunk too (a bar)."""
     job_id, config = job["job_id"], EvalConfig(**job["config"])
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -47,8 +47,9 @@ def run_evaluation(job: dict, settings: Settings, store: JobStore, stop) -> str:
         phase("loading_tasks", f"building {', '.join(config.tasks)}")
         manager = tasks.task_manager(settings, names=config.tasks)
         phase("evaluating", "lm-eval's evaluator over the model")
-        outcome = harness.run(harness.make_lm(loaded, config), config, manager,
-                              progress=_Progress(store, job_id), should_stop=lambda: stop() is not None)
+        lm = harness.make_lm(loaded, config)
+        outcome = harness.run(lm, config, manager, _Progress(store, job_id, progress),
+                              should_stop=lambda: stop() is not None)
         _write_samples(run_dir / SAMPLES, outcome.samples)
         summary = "; ".join(f"{task}: {_headline(metrics)}" for task, metrics in outcome.results.items())
         store.set_status(job_id, "completed", f"completed in {outcome.seconds:.1f} s: {summary}",
@@ -71,10 +72,12 @@ def run_evaluation(job: dict, settings: Settings, store: JobStore, stop) -> str:
 class _Progress:
     """lm-eval's requests answered so far, in the job's record (done of total) and as events."""
 
-    def __init__(self, store: JobStore, job_id: str):
-        self.store, self.job_id, self.last = store, job_id, 0.0
+    def __init__(self, store: JobStore, job_id: str, also=None):
+        self.store, self.job_id, self.also, self.last = store, job_id, also, 0.0
 
     def __call__(self, done: int, total: int, what: str) -> None:
+        if self.also is not None:
+            self.also(done, total, what)
         now = time.monotonic()
         if done not in (0, total) and now - self.last < _PROGRESS_EVERY_S:
             return
