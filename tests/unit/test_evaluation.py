@@ -160,3 +160,20 @@ def test_a_stop_between_chunks_raises_stopped(manager, loaded):
                     progress=lambda done, total, what: seen.append((done, total, what)),
                     should_stop=lambda: len(seen) >= 2)
     assert seen == [(0, 4 * LIMIT, "loglikelihood"), (8, 4 * LIMIT, "loglikelihood")]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"tasks": []}, "tasks"),
+    ({"tasks": [f"t{i}" for i in range(17)]}, "tasks"),
+    ({"tasks": ["../../etc/passwd.yaml"]}, "tasks"),  # a path would let lm-eval load any YAML
+    ({"limit": 0}, "limit"),
+    ({"batch_size": 4096}, "batch_size"),
+    ({"name": "bad name"}, "name"),
+    ({"num_shots": 2}, "num_shots"),
+])
+def test_an_evaluation_config_is_bounded(change, field):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        EvalConfig(**({"name": "e", "tasks": ["workbench_arith_mc"]} | change))
+    assert refused.value.errors()[0]["loc"][0] == field
