@@ -167,6 +167,7 @@ def test_a_users_task_in_home_tasks_runs_by_its_task_name(settings, tmp_path, lo
         "doc_to_choice: ['yes', 'no']\ndoc_to_target: 0\nmetric_list:\n  - metric: acc\n"
     )
     manager = task_manager(settings, registered=False)
+    assert task_manager(settings, registered=False) is manager  # kept while the folders are unchanged
     config = EvalConfig(name="e", tasks=["my_colours"])
     check_tasks(config.tasks, manager)
 

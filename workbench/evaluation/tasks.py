@@ -9,6 +9,7 @@ the user's files are parsed here too, to name the broken file and line.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from pathlib import Path
 
@@ -44,21 +45,28 @@ def task_roots(settings: Settings) -> list[Path]:
 
 
 def task_manager(settings: Settings, registered: bool = True) -> TaskManager:
-    """lm-eval's task index over its own tasks (unless `registered` is off: indexing them takes some
-    seconds) and the workbench's folders. Checks the user's folders first: a YAML there that does not
-    parse is an InputError naming it."""
+    """lm-eval's task index over its own tasks (unless `registered` is off) and the workbench's
+    folders. Checks the user's folders first: a YAML there that does not parse is an InputError
+    naming it. Indexing lm-eval's own tasks takes seconds, so an index is kept while no YAML in the
+    folders changes."""
     roots = task_roots(settings)
-    for root in roots[1:]:
-        check_yaml_files(root)
-    return TaskManager(include_path=[str(root) for root in roots if root.is_dir()],
-                       include_defaults=registered)
+    stamp = tuple(stamp for root in roots[1:] for stamp in check_yaml_files(root))
+    return _index(tuple(str(root) for root in roots if root.is_dir()), registered, stamp)
 
 
-def check_yaml_files(root: Path) -> None:
+@functools.lru_cache(maxsize=4)
+def _index(include_path: tuple[str, ...], registered: bool, stamp: tuple) -> TaskManager:
+    # `stamp` (every YAML's path, size and time) is part of the key: a file added or edited reindexes.
+    return TaskManager(include_path=list(include_path), include_defaults=registered)
+
+
+def check_yaml_files(root: Path) -> list[tuple[str, int, int]]:
     """Parse every YAML under `root` as lm-eval reads them (`!function` left unresolved, includes
-    followed), so a broken one is refused by file and line instead of silently missing."""
+    followed), so a broken one is refused by file and line instead of silently missing. Answers each
+    file's path, size and modification time."""
     if not root.is_dir():
-        return
+        return []
+    stamps = []
     for path in sorted(root.rglob("*.yaml")):
         if _IGNORED_PARTS.intersection(path.parts):
             continue
@@ -71,6 +79,9 @@ def check_yaml_files(root: Path) -> None:
             raise InputError("tasks", f"{where}: the task file does not parse: {problem}") from None
         except (OSError, ValueError) as exc:  # a missing include, an include cycle, not a mapping
             raise InputError("tasks", f"{path}: the task file cannot be read: {exc}") from None
+        info = path.stat()
+        stamps.append((str(path), info.st_size, info.st_mtime_ns))
+    return stamps
 
 
 def check_tasks(names: list[str], manager: TaskManager, *, offline: str | None = None) -> None:
