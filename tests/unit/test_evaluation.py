@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.unit.test_adapters import train_adapter
 from workbench.errors import InputError
 from workbench.evaluation import harness
 from workbench.evaluation.config import EvalConfig
@@ -68,6 +69,31 @@ def test_metrics_equal_lm_evals_own_run(task, models_dir, manager, loaded):
         else:
             assert item["response"] == logged["filtered_resps"][0]
             assert (item["raw_response"] or item["response"]) == logged["resps"][0][0]
+
+
+def test_an_adapter_is_evaluated_without_a_fused_folder(settings, models_dir, manager, tmp_path):
+    """As mlx-lm users do it (fuse, then `mlx_lm.evaluate` the fused folder), minus the fused folder."""
+    from mlx_lm.evaluate import MLXLM
+
+    from workbench.training.fuse import fuse_adapter
+
+    adapter = tmp_path / "run" / "adapters"
+    train_adapter(adapter, f"{models_dir}/tiny")
+    before = sorted(tmp_path.rglob("*"))
+    config = EvalConfig(name="e", model=str(adapter), tasks=["workbench_arith_mc"], limit=LIMIT, batch_size=BATCH)
+    resolved = ModelResolver(settings).resolve(config.model)
+
+    ours = harness.run(harness.make_lm(harness.load(resolved), config), config, manager)
+
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written: no fused copy
+    fused = fuse_adapter(resolved, tmp_path / "fused")
+    lm = MLXLM(str(fused), batch_size=BATCH)
+    theirs = harness.run(lm, config, manager)  # the same evaluator over mlx-lm's own loading
+    assert [s["loglikelihoods"] for s in ours.samples] == [
+        pytest.approx(s["loglikelihoods"], rel=1e-4) for s in theirs.samples]
+    untuned = harness.run(harness.make_lm(harness.load(ModelResolver(settings).resolve("tiny")), config),
+                          config, manager)
+    assert [s["loglikelihoods"] for s in untuned.samples] != [s["loglikelihoods"] for s in ours.samples]
 
 
 def test_items_read_as_prompt_target_response_and_scores(manager, loaded):
@@ -141,6 +167,7 @@ def test_a_users_task_in_home_tasks_runs_by_its_task_name(settings, tmp_path, lo
         "doc_to_choice: ['yes', 'no']\ndoc_to_target: 0\nmetric_list:\n  - metric: acc\n"
     )
     manager = task_manager(settings, registered=False)
+    assert task_manager(settings, registered=False) is manager  # kept while the folders are unchanged
     config = EvalConfig(name="e", tasks=["my_colours"])
     check_tasks(config.tasks, manager)
 
@@ -160,3 +187,20 @@ def test_a_stop_between_chunks_raises_stopped(manager, loaded):
                     progress=lambda done, total, what: seen.append((done, total, what)),
                     should_stop=lambda: len(seen) >= 2)
     assert seen == [(0, 4 * LIMIT, "loglikelihood"), (8, 4 * LIMIT, "loglikelihood")]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"tasks": []}, "tasks"),
+    ({"tasks": [f"t{i}" for i in range(17)]}, "tasks"),
+    ({"tasks": ["../../etc/passwd.yaml"]}, "tasks"),  # a path would let lm-eval load any YAML
+    ({"limit": 0}, "limit"),
+    ({"batch_size": 4096}, "batch_size"),
+    ({"name": "bad name"}, "name"),
+    ({"num_shots": 2}, "num_shots"),
+])
+def test_an_evaluation_config_is_bounded(change, field):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        EvalConfig(**({"name": "e", "tasks": ["workbench_arith_mc"]} | change))
+    assert refused.value.errors()[0]["loc"][0] == field

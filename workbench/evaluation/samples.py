@@ -31,8 +31,11 @@ def plain(value: Any) -> Any:
 
 
 def plain_results(results: dict) -> dict[str, dict]:
-    """Each task's metrics as lm-eval names them ("acc,none", "acc_stderr,none", ...)."""
-    return {task: plain(metrics) for task, metrics in results.items()}
+    """Each task's metrics and standard errors as lm-eval names them, "<metric>,<filter>" ("acc,none",
+    "acc_stderr,none", "exact_match,last_number"); its bookkeeping (name, alias, sample_len) left out:
+    n_samples says how many items were scored."""
+    return {task: {key: plain(value) for key, value in metrics.items() if "," in key}
+            for task, metrics in results.items()}
 
 
 def plain_samples(samples: dict[str, list[dict]]) -> list[dict]:

@@ -25,7 +25,6 @@ SHIPPED = Path(__file__).resolve().parent / "shipped"
 _IGNORED_PARTS = {"__pycache__", ".ipynb_checkpoints"}  # as lm-eval's own index walks folders
 
 
-
 class _NoFlagAdvice(logging.Filter):
     """lm-eval warns, on every load of a task with a `custom_dataset` (the shipped ones), about a
     command-line flag that does not exist here."""
@@ -45,36 +44,31 @@ def task_roots(settings: Settings) -> list[Path]:
 
 
 def task_manager(settings: Settings, registered: bool = True, names: list[str] | None = None) -> TaskManager:
-    """lm-eval's task index over the workbench's folders, and over lm-eval's own tasks unless
-    `registered` is off, or `names` are all found in the workbench's folders (indexing lm-eval's
-    fourteen thousand task files takes seconds). Checks the user's folders first: a YAML there that
-    does not parse is an InputError naming it."""
+    """lm-eval's task index over its own tasks (unless `registered` is off, or `names` are all the
+    workbench's) and the workbench's folders. Checks the user's folders first: a YAML there that
+    does not parse is an InputError naming it. Indexing lm-eval's own tasks takes seconds, so an
+    index is kept while no YAML in the folders changes, and skipped when not needed."""
     roots = task_roots(settings)
-    for root in roots[1:]:
-        check_yaml_files(root)
+    stamp = tuple(stamp for root in roots[1:] for stamp in check_yaml_files(root))
     folders = tuple(str(root) for root in roots if root.is_dir())
-    ours = TaskManager(include_path=list(folders), include_defaults=False)
-    if not registered or (names is not None and set(names) <= set(ours.all_tasks)):
-        return ours
-    return _with_registered(folders, _stamp(roots[1:]))
+    if registered and names is not None and set(names) <= set(_index(folders, False, stamp).all_tasks):
+        registered = False  # a worker starting an evaluation of shipped tasks is spared the seconds
+    return _index(folders, registered, stamp)
 
 
-@functools.lru_cache(maxsize=1)
-def _with_registered(folders: tuple[str, ...], stamp: tuple) -> TaskManager:
-    """The whole index, kept while the user's task files stay as they were (`stamp`)."""
-    return TaskManager(include_path=list(folders), include_defaults=True)
+@functools.lru_cache(maxsize=4)
+def _index(include_path: tuple[str, ...], registered: bool, stamp: tuple) -> TaskManager:
+    # `stamp` (every YAML's path, size and time) is part of the key: a file added or edited reindexes.
+    return TaskManager(include_path=list(include_path), include_defaults=registered)
 
 
-def _stamp(roots: list[Path]) -> tuple:
-    return tuple((str(path), path.stat().st_mtime_ns) for root in roots if root.is_dir()
-                 for path in sorted(root.rglob("*")) if path.is_file())
-
-
-def check_yaml_files(root: Path) -> None:
+def check_yaml_files(root: Path) -> list[tuple[str, int, int]]:
     """Parse every YAML under `root` as lm-eval reads them (`!function` left unresolved, includes
-    followed), so a broken one is refused by file and line instead of silently missing."""
+    followed), so a broken one is refused by file and line instead of silently missing. Answers each
+    file's path, size and modification time."""
     if not root.is_dir():
-        return
+        return []
+    stamps = []
     for path in sorted(root.rglob("*.yaml")):
         if _IGNORED_PARTS.intersection(path.parts):
             continue
@@ -87,6 +81,9 @@ def check_yaml_files(root: Path) -> None:
             raise InputError("tasks", f"{where}: the task file does not parse: {problem}") from None
         except (OSError, ValueError) as exc:  # a missing include, an include cycle, not a mapping
             raise InputError("tasks", f"{path}: the task file cannot be read: {exc}") from None
+        info = path.stat()
+        stamps.append((str(path), info.st_size, info.st_mtime_ns))
+    return stamps
 
 
 def check_tasks(names: list[str], manager: TaskManager, *, offline: str | None = None) -> None:
