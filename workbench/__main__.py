@@ -83,6 +83,8 @@ def train(config_path: Path, resume: bool) -> int:
             config, launch=False)
         reporter = BarReporter(StoreReporter(bench.store, job["job_id"]))
         status = run_job(job["job_id"], bench.settings, bench.store, StopSignals(), reporter)
+        if status == "completed" and config.eval_tasks:  # its evaluation, here too
+            evaluate_here(bench, bench.jobs.queue_evaluation(bench.store.get(job["job_id"])))
     except InputError as exc:
         print(f"{exc.field}: {exc.message}", file=sys.stderr)
         return 2
@@ -128,8 +130,6 @@ def evaluate(config_path: Path) -> int:
     """An evaluation job in the foreground, with a progress bar for each kind of lm-eval request."""
     from workbench.core import Workbench
     from workbench.evaluation.config import EvalConfig
-    from workbench.evaluation.job import run_evaluation
-    from workbench.training.worker import StopSignals
 
     try:
         config = EvalConfig(**(yaml.safe_load(config_path.read_text()) or {}))
@@ -137,6 +137,21 @@ def evaluate(config_path: Path) -> int:
         print(f"{config_path}: {exc}", file=sys.stderr)
         return 2
     bench = Workbench(manage_jobs=False)
+    try:
+        state = evaluate_here(bench, bench.jobs.start_eval(config, launch=False))
+    except InputError as exc:
+        print(f"{exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        bench.close()
+    return 0 if state == "completed" else 1
+
+
+def evaluate_here(bench, job: dict) -> str:
+    """Run an evaluation job in this process with progress bars, then print its results."""
+    from workbench.evaluation.job import run_evaluation
+    from workbench.training.worker import StopSignals
+
     bars: dict[str, tqdm] = {}
 
     def progress(done: int, total: int, what: str) -> None:
@@ -144,21 +159,16 @@ def evaluate(config_path: Path) -> int:
         bar.update(done - bar.n)
 
     try:
-        job = bench.jobs.start_eval(config, launch=False)
         state = run_evaluation(job, bench.settings, bench.store, StopSignals(), progress)
-        status = bench.evaluation_status(config.name)
-    except InputError as exc:
-        print(f"{exc.field}: {exc.message}", file=sys.stderr)
-        return 2
     finally:
         for bar in bars.values():
             bar.close()
-        bench.close()
+    status = bench.evaluation_status(job["experiment_name"])
     for task, metrics in (status.results or {}).items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "," in k and isinstance(v, float))
         print(f"{task}: {shown}")
-    print(f"{config.name}: {state}" + (f" ({status.error['message']})" if status.error else ""))
-    return 0 if state == "completed" else 1
+    print(f"{status.name}: {state}" + (f" ({status.error['message']})" if status.error else ""))
+    return state
 
 
 def backup(dest: Path | None) -> int:

@@ -19,8 +19,9 @@ def evaluate(svc, name: str, **config) -> dict:
 
 
 def test_an_experiment_is_evaluated_through_its_adapter_without_fusing(api):
-    start(api, experiment_name="to-evaluate", max_steps=4, learning_rate=1e-3)
-    wait_for(api, "to-evaluate", until={"completed"})
+    start(api, experiment_name="to-evaluate", max_steps=4, learning_rate=1e-3,
+          eval_tasks=["workbench_arith_mc"], eval_limit=3)
+    trained = wait_for(api, "to-evaluate", until={"completed"})
     folders_before = sorted(p.name for p in api.home.rglob("*") if p.is_dir())
 
     tuned = evaluate(api, "tuned-arith", model="to-evaluate")
@@ -40,6 +41,14 @@ def test_an_experiment_is_evaluated_through_its_adapter_without_fusing(api):
 
     new = sorted(p.name for p in api.home.rglob("*") if p.is_dir() and p.name not in folders_before)
     assert not [name for name in new if "fused" in name], new  # evaluated in place, never fused
+
+    # The evaluation the training job asked for (eval_tasks), linked from its status.
+    with api.client() as client:
+        linked = client.job_status("to-evaluate").eval_job
+        assert linked == "to-evaluate-eval" and trained["status"] == "completed"
+        asked = client.wait_evaluation(linked, timeout_s=300)
+    assert asked.status == "completed" and asked.model == "to-evaluate", asked.error
+    assert api.get(f"/eval/{linked}/samples").json()["total"] == 3
 
     page = api.get("/eval/tuned-arith/samples", params={"offset": 4, "limit": 5}).json()
     assert [item["doc_id"] for item in page["items"]] == [4, 5] and page["offset"] == 4
@@ -71,6 +80,9 @@ def test_evaluations_that_cannot_run_are_refused_naming_the_field(api):
     unknown = refused(400, tasks=["no_such_task"])
     assert "tasks" in unknown and "no_such_task" in unknown
     assert "model" in refused(400, model="no-such-model")
+    training = api.post("/train/start", json={"experiment_name": "refused-too", "training_type": "lora",
+                                              "dataset": "alpaca", "eval_tasks": ["no_such_task"]})
+    assert training.status_code == 400 and "eval_tasks" in training.text, training.text
     assert "tasks" in refused(422, tasks=[])
     assert "limit" in refused(422, limit=0)
     assert "tasks" in refused(422, tasks=["../escape.yaml"])

@@ -10,7 +10,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from workbench.training.config import EXPERIMENT_NAME, EXPERIMENT_NAME_PATTERN
+from workbench.training.config import EXPERIMENT_NAME, EXPERIMENT_NAME_PATTERN, TASK_NAME_PATTERN
 
 # Bounds that keep a job's size inside what a request may ask for (DESIGN, decision 12).
 MAX_TASKS = 16
@@ -20,7 +20,7 @@ MAX_BATCH = 1024
 MAX_TOKENS = 32_768
 # Names only, not paths: lm-eval would also load a YAML file named by its path, and a YAML can import
 # code (`!function`); only folders the user set up as task roots may provide them.
-TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+TASK_NAME = re.compile(TASK_NAME_PATTERN)
 
 
 class EvalConfig(BaseModel):

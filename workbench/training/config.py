@@ -21,6 +21,10 @@ EXPERIMENT_NAME_PATTERN = f"^(?:{EXPERIMENT_NAME.pattern})$"
 # An IPv4/IPv6 address, a host name, or a hostfile's name in <home>/hosts/ (no path: no slash).
 HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$"
 HostName = Annotated[str, StringConstraints(pattern=HOST_PATTERN)]
+# An lm-eval task's name, never a path (lm-eval would load a YAML named by its path, and a YAML can
+# import code): workbench/evaluation/config.py.
+TASK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+TaskName = Annotated[str, StringConstraints(pattern=TASK_NAME_PATTERN)]
 LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 # Bounds that keep every number inside what the worker hands to MLX (a memory limit is a size_t of
@@ -140,6 +144,13 @@ class TrainingConfig(DataSpec, TrainingTarget):
         default=None, description="A provider that judges the model's answers to held-out prompts."
     )
     eval_prompts: int = Field(default=3, ge=1, le=50, description="Held-out prompts the judge scores.")
+    eval_tasks: list[TaskName] | None = Field(
+        default=None, min_length=1, max_length=16,
+        description="lm-eval tasks to evaluate the result on when training completes: an evaluation "
+        "job named <experiment_name>-eval, linked from the status as eval_job (see POST /eval/start).",
+    )
+    eval_limit: int | None = Field(default=None, ge=1, le=100_000,
+                                   description="eval_tasks: items evaluated per task; default: all.")
     save_every: int = Field(default=100, ge=1, le=MAX_STEPS,
                             description="Checkpoint every this many steps (and at stop).")
     early_stopping_patience: int | None = Field(
@@ -168,6 +179,8 @@ class TrainingConfig(DataSpec, TrainingTarget):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.eval_limit and not self.eval_tasks:
+            raise ValueError("eval_limit applies with eval_tasks only")
         if self.hostfile and len(self.hosts) > 1:
             raise ValueError("hosts: a hostfile lists the hosts itself: name it alone")
         if self.quantization and self.training_type != "qlora":

@@ -90,6 +90,8 @@ class JobFields(Measures):
     distributed: dict | None = Field(default=None, description="num_workers > 1: backend, world_size, "
                                      "hosts, and each rank's host, pid, latest tokens_per_s and "
                                      "peak_memory_mb.")
+    eval_job: str | None = Field(default=None, description="eval_tasks: the evaluation job run on the "
+                                 "result (GET /eval/{eval_job}/status).")
     error: dict | None = Field(default=None, description="How it failed: message, and where known the "
                                "exit code, signal and the worker log's tail.")
     created_at: float
