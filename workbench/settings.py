@@ -108,23 +108,13 @@ class Settings(BaseSettings):
     @classmethod
     def _list_of_names(cls, value: object) -> object:
         """As `mlx_lm.server --allowed-origins` takes them: a list, or one string of names."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part for part in text.replace(",", " ").split() if part]
-        return value
+        return _listed(value, lambda text: text.replace(",", " ").split())
 
     @field_validator("task_roots", mode="before")
     @classmethod
     def _path_list(cls, value: object) -> object:
         """As PATH is written (os.pathsep between folders), or a JSON list (what `as_env` writes)."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part for part in text.split(os.pathsep) if part]
-        return value
+        return _listed(value, lambda text: text.split(os.pathsep))
 
     @cached_property
     def home_dir(self) -> Path:
@@ -169,3 +159,11 @@ class Settings(BaseSettings):
                 f"WORKBENCH_HOST={self.host} exposes the service beyond this machine: "
                 "set WORKBENCH_API_TOKEN as well."
             )
+
+
+def _listed(value: object, split) -> object:
+    """A setting's list from the environment's one string: a JSON list, or `split` into parts."""
+    if isinstance(value, str):
+        text = value.strip()
+        return json.loads(text) if text.startswith("[") else [part for part in split(text) if part]
+    return value
