@@ -165,6 +165,19 @@ def stop_requested(run_dir: Path) -> str | None:
         return None
 
 
+def settle_blas_core(home: Path) -> None:
+    """Measure OpenBLAS's fastest core type on this machine (once; cached in the home) before the
+    ranks start, as a single worker measures it at its start: ranks that each measured it reached
+    the ring's rendezvous seconds apart, and on a busy machine past MLX's connect retries (about
+    30 s), which failed the job."""
+    from workbench.training.policy import current_backend
+
+    if "WORKBENCH_BLAS_CORETYPE" not in os.environ and current_backend() == "cpu":
+        from workbench.training.calibration import blas_core
+
+        blas_core(home)
+
+
 def calm_launcher(pid: int, ranks: int) -> bool:
     """mlx.launch's threads poll its ranks' pipes with a select that never waits (a rank's stdin is
     always writable), so the launcher spins most of a core for the whole job: on a small CPU, a

@@ -253,6 +253,7 @@ class JobManager:
             from workbench.training import distributed
 
             distributed.request_stop(run_dir, None)  # a resumed job's earlier request is done
+            distributed.settle_blas_core(self.settings.home_dir)
             command = distributed.launch_command(job["job_id"], run_dir / "hosts.json")
         with open(log_file, "ab") as out:
             worker = subprocess.Popen(command, env=os.environ | self.settings.as_env(), stdout=out,
@@ -457,8 +458,9 @@ _ERROR_LINE = re.compile(r"^\w*(Error|Exception): .+$", re.MULTILINE)
 
 
 def _cause(log_path: Path) -> list[str]:
-    """The last exception a rank printed ("ImportError: ... no CUDA-capable device"), if one did."""
-    return [m.group(0) for m in _ERROR_LINE.finditer(_tail(log_path, 200))][-1:]
+    """The first exception a rank printed ("ImportError: ... no CUDA-capable device"), if one did:
+    the others' are mostly the consequence (a peer lost, or the launcher's stop)."""
+    return [m.group(0) for m in _ERROR_LINE.finditer(_tail(log_path, 200))][:1]
 
 
 def _tail(path: Path, lines: int = 20) -> str:
