@@ -82,9 +82,10 @@ def train(config_path: Path, resume: bool) -> int:
         job = bench.jobs.resume(config.experiment_name, launch=False) if resume else bench.jobs.start(
             config, launch=False)
         reporter = BarReporter(StoreReporter(bench.store, job["job_id"]))
-        status = run_job(job["job_id"], bench.settings, bench.store, StopSignals(), reporter)
-        if status == "completed" and config.eval_tasks:  # its evaluation, here too
-            evaluate_here(bench, bench.jobs.queue_evaluation(bench.store.get(job["job_id"])))
+        status = run_job(job["job_id"], bench.settings, bench.store, StopSignals(), reporter, "running")
+        evaluation = bench.store.get(job["job_id"])["eval_job"]
+        if status == "completed" and evaluation:  # eval_tasks: its evaluation, here too
+            evaluate_here(bench, bench.store.latest(evaluation, "eval"))
     except InputError as exc:
         print(f"{exc.field}: {exc.message}", file=sys.stderr)
         return 2

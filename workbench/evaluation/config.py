@@ -83,3 +83,8 @@ class EvalConfig(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("a task is named twice")
         return value
+
+
+def eval_root(settings, name: str):
+    """Where an evaluation's jobs keep their files: <home>/evals/<name>/<job_id>/."""
+    return settings.home_dir / "evals" / name

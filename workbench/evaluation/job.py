@@ -16,7 +16,7 @@ from pathlib import Path
 
 from workbench.errors import InputError
 from workbench.evaluation import harness, tasks
-from workbench.evaluation.config import EvalConfig
+from workbench.evaluation.config import EvalConfig, eval_root
 from workbench.models.resolver import ModelResolver
 from workbench.settings import Settings
 from workbench.training.policy import current_backend
@@ -24,6 +24,28 @@ from workbench.training.store import JobStore
 
 SAMPLES = "samples.jsonl"
 _PROGRESS_EVERY_S = 1.0  # the store hears of progress at most this often, and at each kind's end
+
+
+def queue_after_training(store: JobStore, settings: Settings, job: dict,
+                         status: str = "queued") -> str | None:
+    """The evaluation a completing training job asked for (eval_tasks), named <experiment>-eval, put
+    in the queue (the job manager starts it) or, with status running, left to the caller; linked
+    from the training job as eval_job. Answers its name, or None when one of that name is active."""
+    config = job["config"]
+    name = f"{job['experiment_name']}-eval"
+    evaluation = EvalConfig(name=name, model=job["experiment_name"], tasks=config["eval_tasks"],
+                            limit=config.get("eval_limit"))
+    current = store.latest(name, "eval")
+    if current and current["status"] in ("queued", "running"):
+        store.event(job["job_id"], "message", f"the evaluation {name} is already {current['status']}: "
+                    "not queued again", level="warning")
+        return None
+    store.create(name, evaluation.model_dump(), eval_root(settings, name), job["model_path"], status=status,
+                 kind="eval")
+    store.update(job["job_id"], eval_job=name)
+    store.event(job["job_id"], "message", f"evaluation {name} queued on {', '.join(evaluation.tasks)}",
+                data={"eval_job": name})
+    return name
 
 
 def run_evaluation(job: dict, settings: Settings, store: JobStore, stop, progress=None) -> str:

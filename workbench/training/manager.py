@@ -163,27 +163,6 @@ class JobManager:
         except InputError as exc:
             raise InputError(field, exc.message) from None
 
-    def queue_evaluation(self, job: dict) -> dict:
-        """The evaluation a completed training job asked for (eval_tasks), queued under the name
-        <experiment>-eval; the job's status links it as eval_job."""
-        from workbench.evaluation.config import EvalConfig
-
-        config = job["config"]
-        name = f"{job['experiment_name']}-eval"
-        evaluation = EvalConfig(name=name, model=job["experiment_name"], tasks=config["eval_tasks"],
-                                limit=config.get("eval_limit"))
-        with self._lock:
-            current = self.store.latest(name, "eval")
-            if current and current["status"] in ACTIVE:
-                raise InputError("eval_tasks", f"the evaluation {name} is already {current['status']}",
-                                 status=409)
-            queued = self.store.create(name, evaluation.model_dump(), self.eval_root(name), job["model_path"],
-                                       kind="eval", status="queued" if self.manage else "running")
-        self.store.update(job["job_id"], eval_job=name)
-        self.store.event(job["job_id"], "message", f"evaluation {name} queued on "
-                         f"{', '.join(evaluation.tasks)}", data={"eval_job": name})
-        return queued
-
     def job(self, experiment_name: str, kind: str = "train") -> dict:
         """The latest job of an experiment (or, of kind eval, of an evaluation)."""
         job = self.store.latest(experiment_name, kind)
@@ -196,6 +175,8 @@ class JobManager:
     def start_eval(self, config, launch: bool = True) -> dict:
         """Check an evaluation's model and tasks, then queue it as a job of kind eval (the same queue,
         workers, store and events as training); launch=False leaves it to the caller to run."""
+        from workbench.evaluation.config import eval_root
+
         try:
             resolved = self.resolver.resolve(config.model or self.settings.default_model)
         except ModelNotFound as exc:
@@ -205,7 +186,7 @@ class JobManager:
             current = self.store.latest(config.name, "eval")
             if current and current["status"] in ACTIVE:
                 raise InputError("name", f"{config.name} is already {current['status']}", status=409)
-            job = self.store.create(config.name, config.model_dump(), self.eval_root(config.name),
+            job = self.store.create(config.name, config.model_dump(), eval_root(self.settings, config.name),
                                     resolved.path, status="queued" if launch else "running", kind="eval")
             if launch:
                 self._schedule()
@@ -213,9 +194,6 @@ class JobManager:
 
     def run_root(self, experiment_name: str) -> Path:
         return self.settings.home_dir / "runs" / experiment_name
-
-    def eval_root(self, name: str) -> Path:
-        return self.settings.home_dir / "evals" / name
 
     def counts(self) -> dict:
         jobs = self.store.jobs()
@@ -299,7 +277,6 @@ class JobManager:
                     how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
                     self._deaths[job_id] = _death(how, self.settings.home_dir / "runs")
                 self._settle(job_id, worker, code)
-                self._evaluate_if_asked(job_id)
                 del self._workers[job_id]
                 self._ranked.pop(job_id, None)
                 self._calmed.discard(job_id)
@@ -338,16 +315,6 @@ class JobManager:
         for process in ranks.values():
             with contextlib.suppress(Exception):
                 process.kill()
-
-    def _evaluate_if_asked(self, job_id: str) -> None:
-        """A training job that completed with eval_tasks: its evaluation joins the queue."""
-        job = self.store.get(job_id)
-        if job["kind"] == "train" and job["status"] == "completed" and job["config"].get("eval_tasks") \
-                and not job["eval_job"]:
-            try:
-                self.queue_evaluation(job)
-            except InputError as exc:  # an evaluation of that name still runs: said, not fatal
-                self.store.event(job_id, "message", exc.message, level="warning")
 
     def _settle(self, job_id: str, worker: subprocess.Popen, code: int) -> None:
         """The end of a job whose worker exited without saying how it ended."""

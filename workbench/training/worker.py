@@ -112,7 +112,10 @@ class StopSignals:
         return self.reason
 
 
-def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals, reporter=None) -> str:
+def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals, reporter=None,
+            evaluation: str = "queued") -> str:
+    """Run a job to its end; answers its final state. A training job with eval_tasks that completes
+    leaves its evaluation `queued` for the job manager (or `running`, for a caller that runs it)."""
     job = store.get(job_id)
     if job["kind"] == "eval":  # an evaluation job: the same worker, queue and store
         from workbench.evaluation.job import run_evaluation
@@ -152,6 +155,10 @@ def run_job(job_id: str, settings: Settings, store: JobStore, stop: StopSignals,
 
             store.update(job_id, phase="evaluating")
             judge_run(outcome, examples, config, settings, reporter)
+        if config.eval_tasks:  # linked before the job reads completed: no window without it
+            from workbench.evaluation.job import queue_after_training
+
+            queue_after_training(store, settings, store.get(job_id), evaluation)
         store.set_status(job_id, "completed", f"completed {outcome.step} steps", phase="completed",
                          adapter_path=str(outcome.adapter_path))
         return "completed"
