@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from tests.api.conftest import MODEL, start, wait_for
+from tests.fakes.llm_servers import FakeLLMServer
 
 
 def test_a_trained_experiment_is_evaluated_through_its_adapter_without_fusing(api):
@@ -75,3 +76,30 @@ def test_evaluations_that_cannot_run_are_refused_naming_the_field(api):
     assert api.get("/eval/never-ran/status").status_code == 404
     assert api.get("/eval/never-ran/samples", params={"limit": 10_000}).status_code == 422
     assert "refused" not in {job["name"] for job in api.get("/eval/jobs").json()}
+
+
+def test_a_remote_provider_is_evaluated_on_generation_tasks(api):
+    with FakeLLMServer("openai", reply_text="47 plus 25 is 72.") as server:
+        assert "provider" in api.post("/eval/start", json={"name": "remote", "provider": "openai",
+                                                           "tasks": ["workbench_arith_gen"]}).text  # not configured
+        configured = api.post("/providers/configure", json={"provider": "openai", "model": "fake-model",
+                                                            "api_key": "sk-fake-0123456789abcdef",
+                                                            "api_base": server.api_base})
+        assert configured.status_code == 200, configured.text
+        try:
+            scored = api.post("/eval/start", json={"name": "remote", "provider": "openai",
+                                                   "tasks": ["workbench_arith_mc"]})
+            assert scored.status_code == 400 and "workbench_arith_mc" in scored.text  # needs log-likelihoods
+            answer = api.post("/eval/start", json={"name": "remote", "provider": "openai",
+                                                   "tasks": ["workbench_arith_gen"], "limit": 3})
+            assert answer.status_code == 200, answer.text
+            with api.client() as client:
+                done = client.wait_evaluation("remote", timeout_s=120)
+            assert done.status == "completed", done.error
+            assert 0 <= done.results["workbench_arith_gen"]["exact_match,last_number"] <= 1
+            items = api.get("/eval/remote/samples").json()["items"]
+            assert [item["raw_response"] or item["response"] for item in items] == ["47 plus 25 is 72."] * 3
+            asked = [r["json"]["messages"][-1]["content"] for r in server.requests_to("/chat/completions")]
+            assert len(asked) == 3 and all(item["prompt"] in asked for item in items)
+        finally:
+            api.delete("/providers/openai")

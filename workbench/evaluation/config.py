@@ -10,6 +10,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workbench.providers.params import ProviderName
 from workbench.training.config import EXPERIMENT_NAME, EXPERIMENT_NAME_PATTERN, TASK_NAME_PATTERN
 
 # Bounds that keep a job's size inside what a request may ask for (DESIGN, decision 12).
@@ -35,6 +36,12 @@ class EvalConfig(BaseModel):
         description="What to evaluate: a model name or alias, an experiment's name (its selected "
         "adapter over its base, applied without fusing), or a model folder; default: the settings' "
         "default model.",
+    )
+    provider: ProviderName | None = Field(
+        default=None,
+        description="A configured remote provider (openai, anthropic, together, ollama) to evaluate instead "
+        "of a local model, with `model` as its model name (default: the provider's configured model); "
+        "generation tasks only. Default: the model runs here (local_mlx).",
     )
     tasks: list[str] = Field(
         min_length=1, max_length=MAX_TASKS,
@@ -88,3 +95,8 @@ class EvalConfig(BaseModel):
 def eval_root(settings, name: str):
     """Where an evaluation's jobs keep their files: <home>/evals/<name>/<job_id>/."""
     return settings.home_dir / "evals" / name
+
+
+def remote(config: EvalConfig) -> bool:
+    """Whether a remote provider answers the evaluation, not a model loaded here."""
+    return config.provider not in (None, "local_mlx")

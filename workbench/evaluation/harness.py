@@ -81,20 +81,60 @@ class WorkbenchLM(MLXLM):
         return self._in_chunks(super().generate_until, requests, "generate_until")
 
     def _in_chunks(self, method, requests, what: str, together=lambda a, b: False) -> list:
-        results: list = []
-        size = self._batch_size * CHUNK_BATCHES
-        start = 0
-        self.progress(0, len(requests), what)
-        while start < len(requests):
-            if self.should_stop():
-                raise Stopped(f"stopped after {start} of {len(requests)} {what} requests")
-            end = min(start + size, len(requests))
-            while end < len(requests) and together(requests[end - 1], requests[end]):
-                end += 1
-            results.extend(method(requests[start:end]))
-            start = end
-            self.progress(start, len(requests), what)
-        return results
+        return in_chunks(self, method, requests, what, together)
+
+
+def in_chunks(lm, method, requests, what: str, together=lambda a, b: False) -> list:
+    """`method` over `requests` a few batches at a time, telling `lm.progress` after each chunk and
+    raising Stopped before one when `lm.should_stop()` says so."""
+    results: list = []
+    size = lm._batch_size * CHUNK_BATCHES
+    start = 0
+    lm.progress(0, len(requests), what)
+    while start < len(requests):
+        if lm.should_stop():
+            raise Stopped(f"stopped after {start} of {len(requests)} {what} requests")
+        end = min(start + size, len(requests))
+        while end < len(requests) and together(requests[end - 1], requests[end]):
+            end += 1
+        results.extend(method(requests[start:end]))
+        start = end
+        lm.progress(start, len(requests), what)
+    return results
+
+
+class ProviderLM(LM):
+    """lm-eval's model over a configured remote provider (through the workbench's router, that
+    provider alone: no fallback to another model), for generation tasks: a provider gives text, not
+    the log-likelihoods multiple-choice tasks need. Greedy, as the local evaluation is."""
+
+    use_chat_template = False  # the provider applies its own
+
+    def __init__(self, complete, provider: str, model: str | None, batch_size: int = 8,
+                 max_tokens: int | None = None):
+        super().__init__()
+        self.complete, self.provider, self.model = complete, provider, model
+        self._batch_size, self.max_gen_tokens = batch_size, max_tokens
+        self.progress: Progress = lambda done, total, what: None
+        self.should_stop: ShouldStop = lambda: False
+
+    def generate_until(self, requests) -> list[str]:
+        answer = self._answer
+        return in_chunks(self, lambda chunk: [answer(*r.args) for r in chunk], requests, "generate_until")
+
+    def _answer(self, context: str, options: dict) -> str:
+        from workbench.providers.params import MAX_STOPS, GenerateParams
+
+        until = [u for u in (options.get("until") or []) if u][:MAX_STOPS]
+        params = GenerateParams(prompt=context, provider=self.provider, model=self.model, temperature=0.0,
+                                max_tokens=self.max_gen_tokens or options.get("max_gen_toks", 256),
+                                stop=until)
+        return self.complete(params).generated_text
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError(f"{self.provider} answers generation tasks only")
+
+    loglikelihood_rolling = loglikelihood
 
 
 def make_lm(loaded: Loaded, config: EvalConfig) -> WorkbenchLM:

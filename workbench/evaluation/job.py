@@ -16,7 +16,7 @@ from pathlib import Path
 
 from workbench.errors import InputError
 from workbench.evaluation import harness, tasks
-from workbench.evaluation.config import EvalConfig, eval_root
+from workbench.evaluation.config import EvalConfig, eval_root, remote
 from workbench.models.resolver import ModelResolver
 from workbench.settings import Settings
 from workbench.training.policy import current_backend
@@ -63,13 +63,11 @@ def run_evaluation(job: dict, settings: Settings, store: JobStore, stop, progres
         store.event(job_id, "message", message, data={"phase": name})
 
     try:
-        phase("loading_model", f"loading {config.model or settings.default_model}")
-        resolved = ModelResolver(settings, jobs=store).resolve(config.model or settings.default_model)
-        loaded = harness.load(resolved)
+        phase("loading_model", f"loading {job['model_path']}")
+        lm = _model(config, settings, store)
         phase("loading_tasks", f"building {', '.join(config.tasks)}")
         manager = tasks.task_manager(settings, names=config.tasks)
         phase("evaluating", "lm-eval's evaluator over the model")
-        lm = harness.make_lm(loaded, config)
         outcome = harness.run(lm, config, manager, _Progress(store, job_id, progress),
                               should_stop=lambda: stop() is not None)
         _write_samples(run_dir / SAMPLES, outcome.samples)
@@ -89,6 +87,19 @@ def run_evaluation(job: dict, settings: Settings, store: JobStore, stop, progres
     store.set_status(job_id, "failed", f"failed: {error['message']}", level="error", phase="failed",
                      error=error)
     return "failed"
+
+
+def _model(config: EvalConfig, settings: Settings, store: JobStore):
+    """lm-eval's model: the one the name resolves to, loaded here, or a remote provider."""
+    resolver = ModelResolver(settings, jobs=store)
+    if remote(config):
+        from workbench.providers.local_mlx import LocalMLX
+        from workbench.providers.router import ProviderRouter
+
+        router = ProviderRouter(settings, LocalMLX(settings, resolver))
+        return harness.ProviderLM(router.complete, config.provider, config.model, config.batch_size,
+                                  config.max_tokens)
+    return harness.make_lm(harness.load(resolver.resolve(config.model or settings.default_model)), config)
 
 
 class _Progress:

@@ -108,6 +108,13 @@ def check_tasks(names: list[str], manager: TaskManager, *, offline: str | None =
             raise InputError("tasks", f"task {name!r} cannot be loaded: {_reason(exc)}") from None
 
 
+def needing_scores(names: list[str], manager: TaskManager) -> list[str]:
+    """The tasks (groups expanded) that score log-likelihoods, which a remote provider cannot give:
+    all but generate_until."""
+    loaded = manager.load(names)["tasks"]
+    return sorted(str(name) for name, task in loaded.items() if task.OUTPUT_TYPE != "generate_until")
+
+
 # Any public dataset serves to see whether the hub answers (a missing one answers too); this is the
 # data of lm-eval's ARC tasks.
 _PROBE = "allenai/ai2_arc"

@@ -153,6 +153,14 @@ class JobManager:
                 self._schedule()
         return self.store.get(job["job_id"])
 
+    def _remote_model(self, config) -> str:
+        """`provider:model` of an evaluation a remote provider answers (a 400 naming the provider when
+        it is not configured)."""
+        if not self.provider_configured(config.provider):
+            raise InputError("provider", f"{config.provider} is not configured: POST /providers/configure "
+                             "first")
+        return f"{config.provider}:{config.model or 'its configured model'}"
+
     def _check_tasks(self, names: list[str], field: str) -> None:
         """lm-eval tasks that cannot be had here are an InputError naming `field`."""
         from workbench.evaluation import tasks
@@ -175,19 +183,27 @@ class JobManager:
     def start_eval(self, config, launch: bool = True) -> dict:
         """Check an evaluation's model and tasks, then queue it as a job of kind eval (the same queue,
         workers, store and events as training); launch=False leaves it to the caller to run."""
-        from workbench.evaluation.config import eval_root
+        from workbench.evaluation import tasks
+        from workbench.evaluation.config import eval_root, remote
 
-        try:
-            resolved = self.resolver.resolve(config.model or self.settings.default_model)
-        except ModelNotFound as exc:
-            raise InputError("model", str(exc)) from None
+        if remote(config):
+            model_path = self._remote_model(config)
+        else:
+            try:
+                model_path = self.resolver.resolve(config.model or self.settings.default_model).path
+            except ModelNotFound as exc:
+                raise InputError("model", str(exc)) from None
         self._check_tasks(config.tasks, "tasks")
+        if remote(config) and (scored := tasks.needing_scores(config.tasks, tasks.task_manager(
+                self.settings, names=config.tasks))):
+            raise InputError("tasks", f"{config.provider} answers text, not log-likelihoods: "
+                             f"{', '.join(scored)} need them (evaluate those on a local model)")
         with self._lock:
             current = self.store.latest(config.name, "eval")
             if current and current["status"] in ACTIVE:
                 raise InputError("name", f"{config.name} is already {current['status']}", status=409)
             job = self.store.create(config.name, config.model_dump(), eval_root(self.settings, config.name),
-                                    resolved.path, status="queued" if launch else "running", kind="eval")
+                                    model_path, status="queued" if launch else "running", kind="eval")
             if launch:
                 self._schedule()
         return self.store.get(job["job_id"])
