@@ -1,4 +1,5 @@
-"""Writes the shipped evaluation items: arith_mc.jsonl, arith_gen.jsonl, count_gen.jsonl.
+"""Writes the shipped evaluation items: arith_mc.jsonl, arith_gen.jsonl, count_gen.jsonl,
+zorbish_mc.jsonl, zorbish_gen.jsonl.
 
 The items ask what the workbench's sample data sets teach (workbench/data/samples/make_samples.py),
 in the same words, but about numbers those samples do not use, so that a score measures whether a
@@ -23,6 +24,22 @@ training rows drawn like these items but leaving out every question here):
   exact match 0.00 -> 0.03 (answers land within one or ten of the right number).
 A training set for these tasks must leave out every question in these files (`heldout_questions()`).
 
+Zorbish is the pair of tasks on which a short fine-tune of `tiny` does measurably help: a made-up
+language the base cannot know ("Translate into Zorbish: red cat" -> "vel miv"), 12 adjectives and 12
+nouns each with one Zorbish word. The sample data set `zorbish` (workbench/data/samples) trains on
+96 of the 144 pairs; the 48 others are the items here, so every word was seen in training but never
+in that pair, and a right answer means the model translates word by word rather than recalling a
+row. Multiple choice (workbench_zorbish_mc) scores the right pair against the same pair with the
+adjective, the noun, or both swapped for another word's translation (chance 0.25); generation
+(workbench_zorbish_gen) asks for the exact two words.
+What the tiny model can learn here: a lookup from a word to another word, and to write the two in
+order, from a few hundred rows in about 150 steps. What it cannot, in the same time: anything that
+hangs on a digit's position (whether 4537 is even or odd, its last digit, repeating a number: all
+stayed at chance or 0 after 150 steps, full fine-tune at 2e-3).
+Measured on 2 CPU cores (AMD EPYC), full fine-tune (sft) of `tiny` on the zorbish sample, batch 16,
+Adam at 2e-3 with a cosine decay, 150 steps (about 30 s of job, worker start included), seeds 0-2:
+see the figures in notebooks/06_evaluate.ipynb's narrative and below (MEASURED).
+
 Deterministic: run `python workbench/evaluation/shipped/make_tasks.py` and commit the .jsonl files.
 """
 
@@ -30,6 +47,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -93,6 +111,28 @@ def count_items(rng: random.Random, taken: set[str]) -> list[dict]:
     return items
 
 
+def zorbish_items(rng: random.Random, taken: set[str]) -> tuple[list[dict], list[dict]]:
+    """The held-out pairs (those the sample leaves out) as multiple-choice and generation items."""
+    sys.path.insert(0, str(SAMPLES))  # the sample's own words; make_samples.py is not a module of the package
+    from make_samples import ZORBISH_ADJECTIVES as adjectives
+    from make_samples import ZORBISH_NOUNS as nouns
+    from make_samples import zorbish
+
+    mc, gen = [], []
+    for adjective, noun in [(a, n) for a in adjectives for n in nouns]:
+        question, answer = zorbish(adjective, noun)
+        if question in taken:
+            continue
+        other_adjective = adjectives[rng.choice([a for a in adjectives if a != adjective])]
+        other_noun = nouns[rng.choice([n for n in nouns if n != noun])]
+        choices = [answer, f"{other_adjective} {nouns[noun]}", f"{adjectives[adjective]} {other_noun}",
+                   f"{other_adjective} {other_noun}"]
+        rng.shuffle(choices)
+        mc.append({"question": question, "choices": choices, "answer": choices.index(answer)})
+        gen.append({"question": question, "answer": answer})
+    return mc, gen
+
+
 def heldout_questions() -> set[str]:
     """The questions of every shipped item: what a training set for these tasks must not contain."""
     return {json.loads(line)["question"] for path in HERE.glob("*.jsonl")
@@ -109,6 +149,9 @@ def main() -> None:
     write("arith_mc.jsonl", [mc_row(item, rng) for item in arith_items(rng, taken)])
     write("arith_gen.jsonl", [{"question": q, "answer": str(n)} for q, _, n, _ in arith_items(rng, taken)])
     write("count_gen.jsonl", count_items(rng, taken))
+    mc, gen = zorbish_items(random.Random(7), sample_questions())
+    write("zorbish_mc.jsonl", mc)
+    write("zorbish_gen.jsonl", gen)
 
 
 if __name__ == "__main__":
