@@ -358,5 +358,8 @@ def test_panels_over_a_running_service(tmp_path, models_dir):
             datasets.preview_button.click()
             assert datasets.message.value == "" and "300 rows" in datasets.summary.value
             assert "&lt;|im_start|&gt;" in datasets.samples.value and len(datasets.lengths) == 300
+            evaluation = EvaluationPanel(client, models=["no-such-model"], tasks=["workbench_zorbish_mc"])
+            evaluation.start_button.click()  # refused by the service, shown as the library's own refusal
+            assert "model: " in evaluation.message.value and "no-such-model" in evaluation.message.value
         finally:
             client.close()

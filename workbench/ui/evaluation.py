@@ -106,18 +106,21 @@ class EvaluationPanel(Panel):
         if not models or not tasks:
             self.say("Not started: pick at least one model and one task", error=True)
             return []
-        started = []
+        started, refused = [], None
         try:
             for model in models:
                 name = f"{self.prefix.value.strip() or 'eval'}-{_label(model)}"
                 config = EvalConfig(name=name, model=model, tasks=tasks, limit=self.limit.value or None)
                 started.append(self.workbench.start_evaluation(config))
         except Exception as exc:
-            self.fail(exc)
+            refused = exc
         if started:
             self.names = [s.name for s in started]
-            self.say(f"started {', '.join(f'{s.name} ({s.state})' for s in started)}")
             self.refresh()
+        if refused is not None:  # said last, so that it stays in view beside what did start
+            self.fail(refused)
+        else:
+            self.say(f"started {', '.join(f'{s.name} ({s.state})' for s in started)}")
         return started
 
     def show(self, names: list[str]) -> dict:

@@ -41,9 +41,10 @@ in its chat format, batch 16, Adam with a cosine decay; 48 items per task, base 
 - base: zorbish_mc acc 0.31, zorbish_gen exact match 0.00;
 - full fine-tune (sft) at 2e-3, 150 steps (22 to 58 s of job): seed 0 0.94 / 0.50, seed 1 0.88 /
   0.63, seed 2 0.90 / 0.38; 100 steps: 0.90 / 0.23;
-- LoRA rank 16 at 3e-3 with lora_alpha 64 (scale 4): 200 steps 0.90 / 0.21, 100 steps 0.48 / 0.04;
-  at 5e-3 or 1e-2 the loss diverged; at scale 1 (alpha 16) and 5e-3, 150 steps: 0.35 / 0.00 (on a
-  draft split of the same pairs).
+- LoRA rank 16 at 3e-3 with lora_alpha 64 (scale 4), 200 steps: seed 0 0.90 / 0.21, seed 1 0.44 /
+  0.02, seed 2 0.50 / 0.02 (LoRA on tiny is fragile); seed 0 with 100 steps 0.48 / 0.04, with batch 8
+  0.71 / 0.08; seed 1 with scale 8 at 2e-3 0.56 / 0.04; at 5e-3 or 1e-2 the loss diverged; at
+  scale 1 (alpha 16) and 5e-3, 150 steps: 0.35 / 0.00 (on a draft split of the same pairs).
 The generation misses are mostly one word off, most often the noun.
 
 Deterministic: run `python workbench/evaluation/shipped/make_tasks.py` and commit the .jsonl files.
