@@ -15,6 +15,7 @@ EXPECTED = {
     "03_qlora_and_sft.ipynb",
     "04_evaluate_providers.ipynb",
     "05_service.ipynb",
+    "06_evaluate.ipynb",
 }
 
 
@@ -22,7 +23,7 @@ def _load(name: str) -> dict:
     return json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
 
 
-def test_the_notebooks_are_the_five_documented():
+def test_the_notebooks_are_the_six_documented():
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == EXPECTED
 
 

@@ -43,7 +43,8 @@ ALPACA = [{"instruction": f"Add {i} and {i}.", "input": "", "output": f"{i} plus
 # Shipped samples ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, fmt", [("alpaca", "alpaca"), ("sharegpt", "sharegpt"), ("custom", "chat")])
+@pytest.mark.parametrize("name, fmt", [("alpaca", "alpaca"), ("sharegpt", "sharegpt"), ("custom", "chat"),
+                                       ("zorbish", "chat")])
 def test_each_shipped_sample_gives_token_items_with_the_prompt_masked(settings, tiny, name, fmt):
     from mlx_lm.tuner.trainer import iterate_batches
 
@@ -62,6 +63,24 @@ def test_each_shipped_sample_gives_token_items_with_the_prompt_masked(settings, 
 
     batch, lengths = next(iterate_batches(masked.train, 4, 512))  # what mlx-lm's trainer does with them
     assert batch.shape[0] == 4 and lengths.shape == (4, 2)
+
+
+def test_the_zorbish_sample_leaves_out_every_pair_its_tasks_ask():
+    from importlib.resources import files
+
+    from workbench.evaluation.shipped import heldout_questions
+
+    rows = [json.loads(line) for line in
+            (files("workbench.data") / "samples" / "zorbish.jsonl").read_text().splitlines()]
+    trained = {row["messages"][0]["content"]: row["messages"][1]["content"] for row in rows}
+    asked = {q for q in heldout_questions() if "Zorbish" in q}
+    assert len(trained) == 96 and len(asked) == 48 and not trained.keys() & asked
+    # every word of a held-out pair is trained, in other pairs, with the same translation
+    words = {}
+    for question, answer in trained.items():
+        for english, zorbish in zip(question.split(": ")[1].split(), answer.split()):
+            assert words.setdefault(english, zorbish) == zorbish
+    assert all(set(q.split(": ")[1].split()) <= words.keys() for q in asked)
 
 
 def test_training_config_fields_make_the_spec():

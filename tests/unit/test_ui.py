@@ -18,6 +18,7 @@ from workbench.training.record import TERMINAL
 from workbench.ui import (
     Dashboard,
     DatasetPanel,
+    EvaluationPanel,
     JobsPanel,
     PlaygroundPanel,
     ProvidersPanel,
@@ -79,8 +80,8 @@ def test_connect_picks_the_workbench(workbench, settings, monkeypatch):
 def test_every_panel_builds_and_displays(workbench, capsys):
     dashboard = Dashboard(workbench)
     try:
-        assert set(dashboard.panels) == {"Providers", "Playground", "Datasets", "Training", "Jobs"}
-        assert isinstance(dashboard.tabs, widgets.Tab) and len(dashboard.tabs.children) == 5
+        assert set(dashboard.panels) == {"Providers", "Playground", "Datasets", "Training", "Jobs", "Evaluation"}
+        assert isinstance(dashboard.tabs, widgets.Tab) and len(dashboard.tabs.children) == 6
         assert "this process" in dashboard.health.value and "MLX on" in dashboard.health.value
         for panel in dashboard.panels.values():
             assert isinstance(panel.widget, widgets.Box)
@@ -291,6 +292,47 @@ def test_stop_and_resume_a_longer_job_with_live_updates(workbench):
     panel.close()
 
 
+# Evaluation ---------------------------------------------------------------------------------------
+
+
+def test_evaluation_panel_scores_the_base_and_shows_its_items(workbench):
+    panel = EvaluationPanel(workbench, models=[None], tasks=["workbench_zorbish_mc", "workbench_zorbish_gen"],
+                            prefix="ui", limit=3)
+    assert "workbench_zorbish_mc" in panel.tasks.options and panel.models.value == ("(default model)",)
+    panel.start_button.click()
+    assert "ui-base" in panel.message.value, panel.message.value
+    statuses = panel.wait(timeout=180, interval=0.3)
+    assert statuses["ui-base"].status == "completed", statuses["ui-base"].error
+    assert "ui-base" in panel.progress.value and "completed" in panel.progress.value
+    # metric ± standard error for each task, named as lm-eval names it; one bar per task
+    assert "acc,none" in panel.results.value and "exact_match,two_words" in panel.results.value
+    assert panel.results.value.count(" ± ") == 2
+    assert len(panel.plot.axes.patches) == 2 and is_png(panel.plot.image)
+
+    items = panel.browse(task="workbench_zorbish_mc")
+    assert len(items) == 3 and panel.browse_name.value == "ui-base"
+    assert "Translate into Zorbish" in panel.item_table.value and "items 1-3 of 3" in panel.item_table.value
+    assert all(item["response"] in item["choices"] for item in items) and "<th" in panel.item_table.value
+    panel.next_button.click()
+    assert panel.items == [] and "no items from 11" in panel.item_table.value
+    panel.close()
+
+
+def test_evaluation_panel_says_what_is_wrong_and_starts_nothing(workbench):
+    panel = EvaluationPanel(workbench, tasks=["workbench_zorbish_mc"])
+    panel.start_button.click()
+    assert "pick at least one model" in panel.message.value
+    panel.other_model.value = "no-such-model-here"  # checked before the tasks are indexed: cheap
+    panel.start_button.click()
+    assert "model: " in panel.message.value and "no-such-model-here" in panel.message.value
+    panel.other_model.value, panel.prefix.value = "", "not a name!"  # refused by EvalConfig itself
+    panel.models.value = ("(default model)",)
+    panel.start_button.click()
+    assert "name: " in panel.message.value
+    assert workbench.list_evaluations() == [] and panel.names == []
+    panel.close()
+
+
 # Over HTTP ------------------------------------------------------------------------------------------
 
 
@@ -316,5 +358,8 @@ def test_panels_over_a_running_service(tmp_path, models_dir):
             datasets.preview_button.click()
             assert datasets.message.value == "" and "300 rows" in datasets.summary.value
             assert "&lt;|im_start|&gt;" in datasets.samples.value and len(datasets.lengths) == 300
+            evaluation = EvaluationPanel(client, models=["no-such-model"], tasks=["workbench_zorbish_mc"])
+            evaluation.start_button.click()  # refused by the service, shown as the library's own refusal
+            assert "model: " in evaluation.message.value and "no-such-model" in evaluation.message.value
         finally:
             client.close()

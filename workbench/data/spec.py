@@ -24,8 +24,8 @@ class DataSpec(BaseModel):
 
     dataset: str = Field(
         min_length=1,
-        description="alpaca, sharegpt or custom (samples shipped with the workbench), or a Hugging Face "
-        "dataset id or folder loaded with `datasets` (local or cached).",
+        description="alpaca, sharegpt, custom or zorbish (samples shipped with the workbench), or a "
+        "Hugging Face dataset id or folder loaded with `datasets` (local or cached).",
     )
     dataset_path: str | None = Field(
         default=None,

@@ -1,6 +1,6 @@
 """ipywidgets panels over the workbench, for JupyterLab.
 
-    from workbench.ui import connect, dashboard, PlaygroundPanel, TrainingPanel
+    from workbench.ui import connect, dashboard, EvaluationPanel, PlaygroundPanel, TrainingPanel
     dashboard()                                   # every panel, in tabs, over this process's Workbench
     PlaygroundPanel()                             # one panel; a bare panel expression displays it
     TrainingPanel(connect("http://127.0.0.1:8200"), experiment_name="x")   # over a running service
@@ -11,6 +11,7 @@ which code and tests call too. The workbench outside this package never imports 
 
 from workbench.ui.connection import connect, where
 from workbench.ui.datasets import DatasetPanel
+from workbench.ui.evaluation import EvaluationPanel
 from workbench.ui.jobs import JobsPanel
 from workbench.ui.playground import PlaygroundPanel
 from workbench.ui.providers import ProvidersPanel
@@ -27,7 +28,7 @@ class Dashboard:
         self.panels = {
             "Providers": ProvidersPanel(workbench), "Playground": PlaygroundPanel(workbench),
             "Datasets": DatasetPanel(workbench), "Training": TrainingPanel(workbench),
-            "Jobs": JobsPanel(workbench),
+            "Jobs": JobsPanel(workbench), "Evaluation": EvaluationPanel(workbench),
         }
         self.tabs = widgets.Tab(children=[p.widget for p in self.panels.values()], titles=list(self.panels))
         self.health = widgets.HTML(_health(workbench))
@@ -63,6 +64,6 @@ def dashboard(target=None) -> Dashboard:
 
 
 __all__ = [
-    "Dashboard", "DatasetPanel", "JobsPanel", "PlaygroundPanel", "ProvidersPanel", "TrainingPanel", "connect",
-    "dashboard",
+    "Dashboard", "DatasetPanel", "EvaluationPanel", "JobsPanel", "PlaygroundPanel", "ProvidersPanel",
+    "TrainingPanel", "connect", "dashboard",
 ]

@@ -1,8 +1,13 @@
-"""Writes the sample data sets shipped with the workbench: alpaca.jsonl, sharegpt.jsonl, custom.jsonl.
+"""Writes the sample data sets shipped with the workbench: alpaca.jsonl, sharegpt.jsonl, custom.jsonl
+and zorbish.jsonl.
 
-The rows are made from templates (arithmetic, capitals, unit conversions, word games, counting, short
-definitions and facts about fine-tuning), so a small model's loss falls quickly on them. The output is
-deterministic: run `python workbench/data/samples/make_samples.py` and commit the .jsonl files.
+The first three are made from templates (arithmetic, capitals, unit conversions, word games, counting,
+short definitions and facts about fine-tuning), so a small model's loss falls quickly on them.
+zorbish.jsonl teaches a made-up language, two words at a time ("Translate into Zorbish: red cat" ->
+"vel miv"): a skill the base model cannot know and the tiny model learns in a short run, so that the
+shipped tasks workbench_zorbish_mc and workbench_zorbish_gen can measure a fine-tune on pairs it
+never saw (evaluation/shipped/make_tasks.py has the figures). The output is deterministic: run
+`python workbench/data/samples/make_samples.py` and commit the .jsonl files.
 """
 
 from __future__ import annotations
@@ -106,6 +111,18 @@ SYSTEM_PROMPTS = [
     "You are a helpful assistant that gives short, exact answers.",
     "You are a friendly tutor. Keep answers brief.",
 ]
+
+# Zorbish, a made-up language: each English word has one Zorbish word, and a pair translates word by
+# word. ZORBISH_HELD_OUT of the 144 pairs never appear in the sample: they are the shipped tasks' items.
+ZORBISH_ADJECTIVES = {
+    "red": "vel", "blue": "tam", "green": "sor", "black": "kip", "white": "lun", "small": "dax",
+    "big": "mor", "old": "fen", "new": "ral", "happy": "bix", "sad": "wug", "fast": "zem",
+}
+ZORBISH_NOUNS = {
+    "cat": "miv", "dog": "pok", "bird": "sul", "fish": "gar", "tree": "hol", "house": "nib",
+    "boat": "dru", "king": "tez", "girl": "yop", "boy": "cav", "star": "jun", "book": "ler",
+}
+ZORBISH_HELD_OUT = 48
 
 QA = tuple[str, str]
 
@@ -281,6 +298,32 @@ def chat_row(rng: random.Random) -> dict:
     return {"messages": messages}
 
 
+# Zorbish: a made-up language, two words at a time -------------------------------------------------
+
+
+def zorbish(adjective: str, noun: str) -> QA:
+    return (f"Translate into Zorbish: {adjective} {noun}",
+            f"{ZORBISH_ADJECTIVES[adjective]} {ZORBISH_NOUNS[noun]}")
+
+
+def zorbish_pairs() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(pairs to train on, pairs held out): every word is in some training pair, no held-out pair is."""
+    pairs = [(a, n) for a in ZORBISH_ADJECTIVES for n in ZORBISH_NOUNS]
+    random.Random(7).shuffle(pairs)
+    return pairs[ZORBISH_HELD_OUT:], pairs[:ZORBISH_HELD_OUT]
+
+
+def zorbish_rows(count: int) -> list[dict]:
+    """Chat rows cycling over the training pairs (each seen about count / 96 times), shuffled."""
+    train, _ = zorbish_pairs()
+    rows = []
+    for index in range(count):
+        ask, say = zorbish(*train[index % len(train)])
+        rows.append({"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": say}]})
+    random.Random(4).shuffle(rows)
+    return rows
+
+
 def write(name: str, rows: list[dict]) -> Path:
     path = HERE / f"{name}.jsonl"
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
@@ -292,6 +335,8 @@ def main() -> None:
     for name, make, seed in files:
         path = write(name, unique(make, random.Random(seed), ROWS))
         print(f"wrote {path} ({ROWS} rows)")
+    path = write("zorbish", zorbish_rows(ROWS))
+    print(f"wrote {path} ({ROWS} rows)")
 
 
 if __name__ == "__main__":
