@@ -46,7 +46,8 @@ class EvalConfig(BaseModel):
     tasks: list[str] = Field(
         min_length=1, max_length=MAX_TASKS,
         description="lm-eval task, group or tag names: lm-eval's registered tasks, the workbench's "
-        "shipped ones (workbench_arith_mc, workbench_arith_gen, workbench_count_gen), or the "
+        "shipped ones (workbench_zorbish_mc, workbench_zorbish_gen, workbench_arith_mc, "
+        "workbench_arith_gen, workbench_count_gen), or the "
         "`task:` name of a YAML in <home>/tasks or a folder of WORKBENCH_TASK_ROOTS.",
     )
     limit: int | None = Field(
