@@ -24,7 +24,7 @@ Two times a side, labelled as such:
 - whole: ours, from `start_evaluation` to `wait_evaluation` returning (queue, worker process start,
   imports, model load, task index, evaluation; `wait_evaluation` polls every 0.2 s); mlx-lm's, the
   CLI process from start to exit (imports, model load, lm-eval's whole task index, evaluation, its
-  results file).
+  results file). The model's files are read once before, so both sides load them from the page cache.
 Items/s is the task's items (lm-eval's effective n-samples) over each time. The two sides' metrics
 must be equal: the same lm-eval, the same MLXLM request methods (the workbench's LM subclasses it),
 the same greedy decoding, 0-shot tasks (so mlx-lm's fewshot_as_multiturn=False, against lm-eval's
@@ -133,6 +133,16 @@ def run_mlx_lm(folder: Path, task: str, work: Path, shipped: Path, args) -> dict
             "results": {k: v for k, v in results.items() if "," in k}}
 
 
+def read_once(folder: Path) -> None:
+    """Every file of the model read through once, so that neither side loads it from a cold page cache
+    (the side that ran first would pay for reading the disk)."""
+    for file in folder.iterdir():
+        if file.is_file():
+            with open(file, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
 def same_metrics(ours: dict, theirs: dict) -> bool:
     keys = set(ours) | set(theirs)
     return all(key in ours and key in theirs and
@@ -161,6 +171,8 @@ def main() -> int:
     settings = Settings()
     names = args.model.split(",")
     folders = {name: fp32_copy(folder) for name, folder in build_models(settings.models_dir, names).items()}
+    for folder in folders.values():
+        read_once(folder)
     tasks = args.tasks.split(",")
     print(machine_line(), flush=True)
     print(f"mlx {version('mlx')}, mlx-lm {version('mlx-lm')}, lm-eval {version('lm_eval')}; "
