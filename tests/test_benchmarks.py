@@ -61,3 +61,16 @@ def test_launcher_benchmark_prints_the_ranks_time_against_a_spinning_launcher():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "launcher under SCHED_IDLE vs spinning" in done.stdout and "BLAS threads a rank" in done.stdout
     assert "cpu: " in done.stdout
+
+
+def test_evaluation_benchmark_prints_items_per_second_against_mlx_lm_evaluate(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/evaluation.py", "--quick", "--models", models_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for measure in ("tiny workbench_arith_mc, 2 items: items/s, evaluating", "items/s, whole",
+                    "tiny workbench_arith_gen: metrics equal to mlx-lm's"):
+        assert measure in done.stdout
+    assert "metrics equal: NO" not in done.stdout
+    assert "cpu: " in done.stdout
