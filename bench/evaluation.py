@@ -1,7 +1,7 @@
 """Evaluation jobs against `mlx_lm evaluate`: items/s on the same task and model, in the same run.
 
     python bench/evaluation.py --models /tmp/wb-bench-models      # tiny and random/qwen3-0.6b
-    python bench/evaluation.py --quick                             # CI smoke run: tiny, 2 items
+    python bench/evaluation.py --quick                             # CI smoke run: tiny, 2 items, one task
 
 For each model and task (workbench_arith_mc, multiple choice: 4 loglikelihood requests an item;
 workbench_arith_gen, generation: greedy, at most 24 tokens an item), two sides, one after the other:
@@ -48,7 +48,7 @@ from common import build_models, fp32_copy, print_tails  # importing it puts Ope
 from table import Interference, machine_line, print_grid, print_table, row, version
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--quick", action="store_true", help="tiny model, 2 items a task (CI smoke run)")
+parser.add_argument("--quick", action="store_true", help="tiny model, 2 items of one task (CI smoke run)")
 parser.add_argument("--model", default="tiny,random/qwen3-0.6b", help="builtin names, comma-separated")
 parser.add_argument("--models", type=Path, help="models folder (default: <home>/models)")
 parser.add_argument("--tasks", default="workbench_arith_mc,workbench_arith_gen", help="shipped tasks")
@@ -158,7 +158,7 @@ def shown(metrics: dict) -> str:
 def main() -> int:
     args = parser.parse_args()
     if args.quick:
-        args.model, args.limit, args.batch_size = "tiny", 2, 2
+        args.model, args.limit, args.batch_size, args.tasks = "tiny", 2, 2, "workbench_arith_mc"
     home = Path(tempfile.mkdtemp(prefix="wb-bench-evaluation-"))
     os.environ["WORKBENCH_HOME"] = str(home)
     if args.models:

@@ -70,7 +70,7 @@ def test_evaluation_benchmark_prints_items_per_second_against_mlx_lm_evaluate(mo
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for measure in ("tiny workbench_arith_mc, 2 items: items/s, evaluating", "items/s, whole",
-                    "tiny workbench_arith_gen: metrics equal to mlx-lm's"):
+                    "tiny workbench_arith_mc: metrics equal to mlx-lm's"):
         assert measure in done.stdout
     assert "metrics equal: NO" not in done.stdout
     assert "cpu: " in done.stdout
