@@ -97,7 +97,9 @@ def test_chat_logprobs_seed_and_n_through_the_official_client(api):
     ask = {"model": "tiny", "messages": [{"role": "user", "content": "What colour is grass?"}]}
     reply = client.chat.completions.create(**ask, temperature=0, logprobs=True, top_logprobs=3)
     content = reply.choices[0].logprobs.content
-    assert "".join(t.token for t in content).strip() == reply.choices[0].message.content.strip()
+    tokens = [t.token for t in content]
+    assert reply.choices[0].finish_reason == "stop" and tokens[-1] == "<|im_end|>"  # eos is scored too
+    assert "".join(tokens[:-1]).strip() == reply.choices[0].message.content.strip()
     for t in content:
         assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == pytest.approx(t.logprob)
         assert bytes(t.bytes).decode() == t.token

@@ -357,10 +357,10 @@ class LocalEngine:
                 active[uid] = entry
                 continue
             entry.tokens += 1
+            if entry.logprobs is not None:  # eos too: a scorer asking for n tokens reads n scores
+                entry.logprobs.append(token_score(r.logprobs, r.token, request.logprobs))
             if r.finish_reason != "stop":  # the eos token itself is not text
                 entry.detokenizer.add_token(r.token)
-                if entry.logprobs is not None:
-                    entry.logprobs.append(token_score(r.logprobs, r.token, request.logprobs))
             if r.finish_reason is not None:
                 entry.detokenizer.finalize()
             piece = entry.detokenizer.last_segment

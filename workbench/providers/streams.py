@@ -42,7 +42,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens taken from the prompt cache instead of processed
-    logprobs: list[TokenScore] | None = None  # generated tokens' (eos excluded), when asked for
+    logprobs: list[TokenScore] | None = None  # generated tokens' (an ending eos too), when asked for
     prompt_logprobs: list[TokenScore] | None = None  # the prompt's tokens, with echo
 
 
