@@ -122,3 +122,26 @@ def test_generate_takes_seed_and_logprobs(api):
     assert "".join(t["token"] for t in answer["logprobs"]) == answer["generated_text"]
     assert all(len(t["top_logprobs"]) == 2 for t in answer["logprobs"])
     assert "prompt_logprobs" not in answer
+
+
+def test_a_remote_provider_gets_the_seed_and_says_it_gives_no_logprobs(api):
+    from tests.fakes.llm_servers import FakeLLMServer
+
+    with FakeLLMServer("openai", reply_text="remote words") as server:
+        configured = api.post("/providers/configure", json={"provider": "openai", "model": "fake-model",
+                                                            "api_key": "sk-test-123", "api_base": server.api_base})
+        assert configured.status_code == 200, configured.text
+        try:
+            reply = api.post("/v1/chat/completions", json={
+                "model": "openai", "messages": [{"role": "user", "content": "Hi"}], "seed": 7, "n": 2,
+                "logprobs": True,
+            })
+            assert reply.status_code == 200, reply.text
+            answer = reply.json()
+            assert [c["message"]["content"] for c in answer["choices"]] == ["remote words"] * 2
+            assert sorted(r["json"]["seed"] for r in server.requests_to("/chat/completions")) == [7, 8]
+            assert any("logprobs" in w for w in answer["warnings"])
+            refused = api.post("/v1/completions", json={"model": "openai", "prompt": [[1, 2, 3]]})
+            assert refused.status_code == 400 and field_named(refused, "prompt"), refused.text
+        finally:
+            api.delete("/providers/openai")
