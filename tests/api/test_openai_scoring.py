@@ -1,6 +1,7 @@
 """/v1 scoring and sampling options over HTTP: token-id and listed prompts, echo with logprobs in
 OpenAI's legacy shape, max_tokens 0, n, seed; chat logprobs; /generate's seed and logprobs."""
 
+import json
 import os
 
 import pytest
@@ -145,3 +146,13 @@ def test_a_remote_provider_gets_the_seed_and_says_it_gives_no_logprobs(api):
             assert refused.status_code == 400 and field_named(refused, "prompt"), refused.text
         finally:
             api.delete("/providers/openai")
+
+
+def test_a_token_id_prompt_streams_the_text_it_answers_whole(api):
+    body = {"model": "tiny", "prompt": _ids(api, "The sun rises in the"), "max_tokens": 8, "temperature": 0}
+    whole = api.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    streamed = api.post("/v1/completions", json=body | {"stream": True})
+    assert streamed.status_code == 200, streamed.text
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole and whole
