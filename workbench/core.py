@@ -299,7 +299,7 @@ class Workbench:
         try:
             resolved = self.resolver.resolve(model_id)
         except ModelNotFound as exc:
-            raise InputError("model", exc.reason, status=404) from None
+            raise InputError("model", str(exc), status=404) from None
         return ServedModel(id=model_id, owned_by="workbench", kind=resolved.source)
 
     # System, continued --------------------------------------------------------------------------

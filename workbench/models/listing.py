@@ -72,6 +72,8 @@ def _local(resolver: ModelResolver, loaded: list[dict], jobs: CompletedJobs) -> 
             yield ServedModel(id=str(fused), owned_by="workbench", kind="fused",
                               created=int(fused.stat().st_mtime), parent=job["experiment_name"])
     for model in loaded:
+        if model["source"] == "experiment":
+            continue  # listed above while its adapter serves; once gone, its name serves nothing
         kind = "loaded" if model["source"] in ("folder", "hf-cache", "hub") else model["source"]
         yield ServedModel(id=model["name"], owned_by="workbench", kind=kind)
 
