@@ -99,7 +99,7 @@ _CODES = {401: "invalid_api_key", 403: "forbidden", 405: "method_not_allowed", 4
           413: "request_too_large", 415: "unsupported_media_type", 421: "misdirected_request",
           429: "rate_limit_exceeded", 503: "service_unavailable", 507: "insufficient_storage"}
 _VALIDATION_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",
-                     "json_invalid": "invalid_json", "model_attributes_type": "invalid_json"}
+                     "json_invalid": "invalid_json"}
 
 
 def is_openai(path: str) -> bool:
@@ -118,6 +118,8 @@ def openai_code(status: int, kind: str | None, param: str | None) -> str:
     if status == 404:
         return "model_not_found" if param == "model" else "not_found"
     if status in (400, 422):
+        if (kind or "").endswith(("_type", "_parsing")):  # pydantic's string_type, int_parsing...
+            return "invalid_type"
         return _VALIDATION_CODES.get(kind or "", "invalid_value")
     return _CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
 

@@ -56,6 +56,7 @@ def test_an_unknown_path_and_a_wrong_method_answer_in_openai_s_shape(svc):
     ({"temperature": 5}, "temperature", "invalid_value"),
     ({"messages": [{"role": "robot", "content": "Hi"}]}, "messages.0.role", "invalid_value"),
     ({"model": "nobody/none"}, "model", "invalid_value"),
+    ({"max_tokens": "many"}, "max_tokens", "invalid_type"),
 ])
 def test_invalid_input_is_a_bad_request_naming_the_field(svc, extra, param, code):
     body = {"model": "tiny", "messages": HI, "max_tokens": 2} | extra
