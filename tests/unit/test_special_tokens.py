@@ -55,3 +55,15 @@ def test_mlx_lm_alone_renders_them(tiny):
     text = "".join(step.text for step in stream_generate(model, tokenizer, tokenizer.encode(PLAIN_PROMPT),
                                                           max_tokens=30))
     assert "<|im_start|>" in text
+
+
+def test_without_a_chat_template_only_eos_bos_and_pad_end_an_answer(tiny):
+    _, tokenizer = tiny
+    template = tokenizer._tokenizer.chat_template
+    tokenizer._tokenizer.chat_template = None
+    try:
+        ends = answer_ends(tokenizer)
+    finally:
+        tokenizer._tokenizer.chat_template = template
+    assert ends == set(tokenizer.eos_token_ids) | {tokenizer.pad_token_id}
+    assert tokenizer.convert_tokens_to_ids("<|im_start|>") not in ends
