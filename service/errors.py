@@ -79,19 +79,58 @@ def error_content(path: str, status: int, errors: list[dict], **extra) -> dict:
         error["loc"] = _field_loc(error.get("loc", []))
         if "input" in error:
             error["input"] = _short(error["input"])
-    if path.startswith("/v1/"):
-        first = errors[0]
-        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in errors)
-        kind = _KIND.get(status, "service_unavailable" if status >= 500 else "invalid_request_error")
-        return {"error": {"message": message, "type": kind, "param": field, "code": None}}
+    if is_openai(path):
+        return _openai_error(status, errors)
     return {"detail": errors} | printable(jsonable_encoder(extra))
 
 
 def error_response(path: str, status: int, errors: list[dict], headers: dict | None = None,
                    **extra) -> JSONResponse:
+    if status == 422 and is_openai(path):
+        status = 400  # OpenAI answers a request it cannot read as given with 400, naming `param`
     return JSONResponse(status_code=status, content=error_content(path, status, errors, **extra),
                         headers=headers)
+
+
+# OpenAI's shape (docs/architecture.md, "Errors"). /v1 requests name the provider in `model`: an error
+# the router raises about `provider` is about the field the client sent, `model`.
+_V1_FIELDS = {"provider": "model"}
+_CODES = {401: "invalid_api_key", 403: "forbidden", 405: "method_not_allowed", 409: "conflict",
+          413: "request_too_large", 415: "unsupported_media_type", 421: "misdirected_request",
+          429: "rate_limit_exceeded", 503: "service_unavailable", 507: "insufficient_storage"}
+_VALIDATION_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",
+                     "json_invalid": "invalid_json"}
+
+
+def is_openai(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def _param(loc) -> str | None:
+    parts = [str(part) for part in loc[1:]] if loc and loc[0] in ("body", "path", "query", "header") else []
+    if parts:
+        parts[0] = _V1_FIELDS.get(parts[0], parts[0])
+    return ".".join(parts) or None
+
+
+def openai_code(status: int, kind: str | None, param: str | None) -> str:
+    """OpenAI's `code` for an error: the client's typed exceptions carry it as `.code`."""
+    if status == 404:
+        return "model_not_found" if param == "model" else "not_found"
+    if status in (400, 422):
+        if (kind or "").endswith(("_type", "_parsing")):  # pydantic's string_type, int_parsing...
+            return "invalid_type"
+        return _VALIDATION_CODES.get(kind or "", "invalid_value")
+    return _CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
+
+
+def _openai_error(status: int, errors: list[dict]) -> dict:
+    first = errors[0]
+    param = _param(first.get("loc", ()))
+    message = "; ".join(f"{where}: {e['msg']}" if (where := _param(e["loc"])) else e["msg"] for e in errors)
+    kind = _KIND.get(status, "service_unavailable" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param,
+                      "code": openai_code(status, first.get("type"), param)}}
 
 
 def _http_error_item(exc: StarletteHTTPException) -> dict:
@@ -101,6 +140,14 @@ def _http_error_item(exc: StarletteHTTPException) -> dict:
     return {"loc": where.get(exc.status_code, []), "msg": str(exc.detail), "type": f"http_{exc.status_code}"}
 
 
+def _no_route(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's "Not Found" and "Method Not Allowed", said as an OpenAI client shows them."""
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return f"{request.method} is not allowed on {request.url.path}; it takes {allowed or 'other methods'}"
+    return f"{request.method} {request.url.path} is not an endpoint of this service (see /docs)"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,7 +155,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(request.url.path, exc.status_code, [_http_error_item(exc)],
+        item = _http_error_item(exc)
+        if is_openai(request.url.path) and exc.status_code in (404, 405) and isinstance(exc.detail, str):
+            item["msg"] = _no_route(request, exc)
+        return error_response(request.url.path, exc.status_code, [item],
                               headers=getattr(exc, "headers", None))
 
     @app.exception_handler(InputError)

@@ -22,6 +22,7 @@ import ipaddress
 import json
 from urllib.parse import urlsplit
 
+from service.errors import is_openai, openai_code
 from workbench.settings import Settings
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -119,8 +120,9 @@ class RequestGuard:
 
 async def _refuse(scope, send, status: int, field: str, message: str) -> None:
     """The service's error shapes: OpenAI's under /v1, FastAPI's elsewhere."""
-    if scope["path"].startswith("/v1/"):
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": field, "code": None}}
+    if is_openai(scope["path"]):
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": field,
+                          "code": openai_code(status, None, field)}}
     else:
         loc = ["client"] if field == "client" else ["header", field]
         body = {"detail": [{"loc": loc, "msg": message, "type": "refused"}]}

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_standalone_docs import StandaloneDocs
 from pydantic import ValidationError
 
 import workbench
@@ -77,7 +78,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Fine-tune (SFT, LoRA, QLoRA) and serve LLMs with MLX. "
         "With WORKBENCH_API_TOKEN set, send it as a bearer token (Authorize button).",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
+    # Swagger UI's and ReDoc's scripts, styles and icons from an installed package, not a CDN: /docs
+    # works offline (docs/architecture.md, "The service's edges").
+    StandaloneDocs(app)
     install_error_handlers(app)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -1,8 +1,9 @@
 """The error answers every route may give, declared in the OpenAPI schema with their bodies.
 
 A client generated from /openapi.json then knows each status a route can answer, and its shape:
-`{"detail": [{"loc", "msg", "type"}]}` everywhere but /v1, OpenAI's `{"error": {...}}` under /v1
-(as `service.errors` renders them). Routers declare the statuses that apply to them with
+`{"detail": [{"loc", "msg", "type"}]}` everywhere but /v1, OpenAI's `{"error": {"message", "type",
+"param", "code"}}` under /v1, where invalid input is a 400 rather than a 422 (as `service.errors`
+renders them). Routers declare the statuses that apply to them with
 `error_responses`; the statuses any request can meet (a body that cannot be read, too large, of
 another content type, invalid) are in `COMMON`.
 """
@@ -44,7 +45,8 @@ class OpenAIErrorBody(BaseModel):
 
 
 _WHY = {
-    400: "The body could not be read as JSON, or the request cannot be served as asked.",
+    400: "The body could not be read as JSON, or the request cannot be served as asked; under /v1 also "
+    "a field missing, of the wrong type or out of range (`param` names it).",
     401: "WORKBENCH_API_TOKEN is set and the request lacks the bearer token.",
     403: "Without WORKBENCH_API_TOKEN, a client on another machine; or another site's Origin.",
     404: "No such experiment, provider or model.",
@@ -89,11 +91,13 @@ def keep_what_applies(app, token_required: bool) -> None:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            for operations in generate()["paths"].values():  # generate() keeps what it makes
+            for path, operations in generate()["paths"].items():  # generate() keeps what it makes
                 for operation in operations.values():
                     takes_body = "requestBody" in operation
                     drop = (() if takes_body else _BODY_ONLY)
-                    drop += (() if takes_body or operation.get("parameters") else (422,))
+                    # /v1 answers invalid input with a 400, as OpenAI does (service/errors.py).
+                    openai = path.startswith("/v1/")
+                    drop += (() if (takes_body or operation.get("parameters")) and not openai else (422,))
                     for status in drop:
                         operation["responses"].pop(str(status), None)
                     if not token_required and operation.get("security"):

@@ -17,12 +17,14 @@ import json
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter
 
 from workbench.errors import Busy, InputError, ServiceError
 from workbench.evaluation.config import EvalConfig
+from workbench.models.listing import ModelList, ServedModel
 from workbench.providers.params import BatchGenerateParams, GenerateParams
 from workbench.providers.router import AllProvidersFailed
 from workbench.providers.store import ProviderConfig
@@ -189,6 +191,12 @@ class Client:
         body = params.model_dump(mode="json", exclude_none=True)
         return self._call(list[BatchItem], "POST", "/generate/batch", body)
 
+    def served_models(self) -> ModelList:
+        return self._call(ModelList, "GET", "/v1/models")
+
+    def served_model(self, model_id: str) -> ServedModel:
+        return self._call(ServedModel, "GET", f"/v1/models/{quote(model_id, safe='')}")
+
     # HTTP -------------------------------------------------------------------------------------------
 
     def _call(self, answer, method: str, path: str, body: dict | None = None, **kwargs) -> Any:
@@ -261,6 +269,10 @@ def refusal(status: int, content: bytes, headers=None) -> Exception:
         body = json.loads(content)
     except ValueError:
         return ServiceError(f"HTTP {status}: {content[:300].decode(errors='replace')}", status)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):  # OpenAI's shape, under /v1
+        error = body["error"]
+        body = {"detail": [{"loc": ["body", error["param"]] if error.get("param") else [],
+                            "msg": error.get("message")}]}
     detail = body.get("detail") if isinstance(body, dict) else None
     errors = [(_field(item.get("loc", ())), str(item.get("msg", item))) for item in detail
               if isinstance(item, dict)] if isinstance(detail, list) else []

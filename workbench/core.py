@@ -18,6 +18,7 @@ from pathlib import Path
 from workbench import __version__
 from workbench.errors import InputError
 from workbench.evaluation.config import EvalConfig
+from workbench.models.listing import ModelList, ServedModel, served_models
 from workbench.models.resolver import ModelNotFound, ModelResolver
 from workbench.providers.local_mlx import LocalMLX
 from workbench.providers.params import BatchGenerateParams, GenerateParams
@@ -287,14 +288,24 @@ class Workbench:
             results = list(pool.map(self.router.complete, requests))
         return [BatchItem.of(r) for r in results]
 
-    def served_models(self) -> dict[str, str]:
-        """Names a generation request can ask for, each with who serves it: `workbench` for built-in
-        models and loaded folders, the provider's name for each configured remote provider."""
+    def served_models(self) -> ModelList:
+        """Every name a generation request can ask for: registered models and aliases, trained
+        experiments, fused models, loaded folders, configured remote providers and `auto`."""
         from workbench.providers.catalog import LOCAL, PROVIDERS
 
-        local = self.resolver.names() + [m["name"] for m in self.local.loaded_models()]
         remote = [name for name in PROVIDERS if name != LOCAL and self.router.configured(name)]
-        return {name: "workbench" for name in local} | {name: name for name in remote}
+        return ModelList(data=served_models(self.resolver, self.local.loaded_models(), self.store, remote))
+
+    def served_model(self, model_id: str) -> ServedModel:
+        """One of them, or any other name that resolves here (a model or adapter folder); 404 else."""
+        for model in self.served_models().data:
+            if model.id == model_id:
+                return model
+        try:
+            resolved = self.resolver.resolve(model_id)
+        except ModelNotFound as exc:
+            raise InputError("model", str(exc), status=404) from None
+        return ServedModel(id=model_id, owned_by="workbench", kind=resolved.source)
 
     # System, continued --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from service.openapi import COMMON, error_responses
 from service.routes.openai_scores import chat_logprobs, legacy_logprobs
 from service.threads import in_generation_thread
 from workbench.errors import InputError
+from workbench.models.listing import ModelList, ServedModel
 from workbench.providers.catalog import LOCAL, PROVIDERS
 from workbench.providers.params import (
     MAX_MESSAGES,
@@ -197,12 +198,18 @@ def _envelope(kind: str, model: str) -> dict:
             "model": model}
 
 
-@router.get("/models")
-def list_models(workbench: WorkbenchDep) -> dict:
-    """Models this server answers for: local names, configured providers, and `auto`."""
-    entries = [*workbench.served_models().items(), ("auto", "workbench")]
-    return {"object": "list",
-            "data": [{"id": n, "object": "model", "created": 0, "owned_by": owner} for n, owner in entries]}
+@router.get("/models", response_model=ModelList)
+def list_models(workbench: WorkbenchDep) -> ModelList:
+    """Models this server answers for: registered, aliases, trained experiments, fused, loaded,
+    configured providers, and `auto`."""
+    return workbench.served_models()
+
+
+@router.get("/models/{model_id:path}", response_model=ServedModel,
+            responses=error_responses(404, openai=True))
+def retrieve_model(model_id: str, workbench: WorkbenchDep) -> ServedModel:
+    """One model by its id (ids may hold `/`: `mlx-community/Qwen3-1.7B-8bit`, a folder), or a 404."""
+    return workbench.served_model(model_id)
 
 
 @router.post("/chat/completions", responses=_GENERATION_DOC)

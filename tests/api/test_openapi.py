@@ -18,7 +18,9 @@ def test_each_route_declares_the_errors_it_can_answer_with_their_bodies(api):
     assert body_schema(schema, generate["503"]) == "ProviderFailureBody"
     assert "Retry-After" in generate["429"]["headers"]
     chat = paths["/v1/chat/completions"]["post"]["responses"]
-    assert {body_schema(schema, chat[code]) for code in ("400", "413", "422", "429", "503")} == {"OpenAIErrorBody"}
+    assert {body_schema(schema, chat[code]) for code in ("400", "401", "413", "429", "503")} == {"OpenAIErrorBody"}
+    assert "422" not in chat  # /v1 answers invalid input with OpenAI's 400
+    assert body_schema(schema, paths["/v1/models/{model_id}"]["get"]["responses"]["404"]) == "OpenAIErrorBody"
     assert "text/event-stream" in chat["200"]["content"]
     assert {"404", "409"} <= set(paths["/train/{experiment_name}/resume"]["post"]["responses"])
     assert "404" in paths["/providers/{provider}"]["delete"]["responses"]

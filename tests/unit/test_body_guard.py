@@ -68,7 +68,8 @@ def test_non_finite_numbers_and_lone_surrogates_are_422_naming_where_they_are():
 def test_under_v1_the_refusal_takes_openai_s_shape():
     status, _, body = call([b'{"model": "tiny", "temperature": Infinity}'], path="/v1/chat/completions")
     error = json.loads(body)["error"]
-    assert status == 422 and error["param"] == "temperature" and error["type"] == "invalid_request_error"
+    assert status == 400 and error["param"] == "temperature" and error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_value"
 
 
 def test_what_is_not_json_is_left_to_the_route():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequences
+from mlx_lm.generate import BatchGenerator, StopSequences, TextStateMachine
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
@@ -32,6 +32,7 @@ from workbench.providers.streams import (
     GenerationStream,
     TokenScore,
 )
+from workbench.providers.turns import answer_ends
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ class LocalEngine:
         self._taken_lock = threading.Lock()
         self._inbox: queue.Queue[GenerationStream | None] = queue.Queue()
         self._closed = False
-        self._eos_only = make_stop_sequences(tokenizer)
+        # eos, and the tokens that open another turn or document: none is ever text (turns.py).
+        self._ends = answer_ends(tokenizer)
+        self._eos_only = StopSequences([(t,) for t in sorted(self._ends)])
         # Only the engine thread reads or changes the prompt cache; 0 entries turns it off.
         self._prompt_cache = LRUPromptCache(max_size=prompt_cache_size) if prompt_cache_size > 0 else None
         self._counts = {"requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0}
@@ -164,7 +167,7 @@ class LocalEngine:
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
             self.model,
-            stop_tokens=[(t,) for t in self.tokenizer.eos_token_ids],
+            stop_tokens=[(t,) for t in sorted(self._ends)],
             completion_batch_size=self._max_batch,
             stream=mx.new_stream(mx.default_device()),
         )
@@ -287,7 +290,7 @@ class LocalEngine:
             sampler = seeded_sampler(request.temperature, request.top_p, request.seed)
         processors = []
         if forbid_eos:
-            processors.append(_forbid_eos(self.tokenizer.eos_token_ids, request.min_tokens))
+            processors.append(_forbid_eos(self._ends, request.min_tokens))
         cached = len(prompt) - len(rest)
         (uid,) = generator.insert(
             [rest],
