@@ -223,7 +223,7 @@ def test_training_form_shows_errors_beside_fields_and_starts_nothing(workbench):
     # The model's own checks, and the workbench's (a missing file), land beside their fields too.
     panel.set_values(experiment_name="bad", batch_size=2, quantization="int8")
     panel.start_button.click()
-    assert "quantization applies to training_type qlora only" in panel.message.value
+    assert "quantization applies to training_type qlora and dora only" in panel.message.value
     assert panel.form.errors() == {}
     panel.set_values(quantization=None, dataset_path="missing.jsonl")
     panel.start_button.click()
