@@ -207,7 +207,8 @@ def test_dataset_panel_previews_rows_as_the_model_sees_them(workbench, settings)
 
 def test_training_form_shows_errors_beside_fields_and_starts_nothing(workbench):
     panel = TrainingPanel(workbench, batch_size=0)
-    assert panel.fields["training_type"].widget.options == (("sft", "sft"), ("lora", "lora"), ("qlora", "qlora"))
+    assert panel.fields["training_type"].widget.options == (("sft", "sft"), ("lora", "lora"), ("qlora", "qlora"),
+                                                               ("dora", "dora"))
     assert panel.fields["max_steps"].widget.tooltip.startswith("Stop after this many steps")  # the description
     assert panel.fields["lr_schedule"].get() == "cosine" and panel.fields["max_steps"].get() is None
     panel.start_button.click()

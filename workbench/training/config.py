@@ -38,6 +38,8 @@ TrainingType = Literal["sft", "lora", "qlora", "dora"]
 OptimizerName = Literal["adamw", "adam", "sgd", "adafactor", "muon"]
 # Where a run also reports its metrics (workbench/training/trackers.py).
 TrackerName = Literal["tensorboard", "mlflow", "wandb"]
+SettingName = Annotated[str, StringConstraints(max_length=64)]
+SettingPair = Annotated[list[float], Field(max_length=4)]  # betas, adafactor's eps
 
 
 class TrainingTarget(BaseModel):
@@ -88,7 +90,7 @@ class TrainingConfig(DataSpec, TrainingTarget):
     optimizer: OptimizerName = Field(
         default="adamw", description="From mlx.optimizers: adamw, adam, sgd, adafactor or muon; the "
         "learning-rate schedule applies to each.")
-    optimizer_config: dict[str, bool | int | float | list[float]] | None = Field(
+    optimizer_config: dict[SettingName, bool | int | float | SettingPair] | None = Field(
         default=None, max_length=16,
         description="The chosen optimizer's own settings, by mlx.optimizers' names: adam/adamw betas, eps, "
         "bias_correction; sgd momentum, dampening, nesterov; adafactor beta_1, decay_rate, clip_threshold, "
