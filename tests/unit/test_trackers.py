@@ -166,3 +166,24 @@ def test_a_tracker_whose_package_does_not_import_is_refused_naming_report_to(nam
                             timeout=60, check=True).stdout
 
     assert answer.startswith("400 report_to ") and f"[{name}]" in answer
+
+
+def test_a_resumed_job_continues_its_mlflow_run(settings, models_dir, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    chosen = config(report_to=["mlflow"], validation_split=0.0, test_split=0.0)
+    examples, run_dir = prepare(chosen, settings), tmp_path / "run"
+    asked = iter([None, None, "stopped"])
+    first = TrainingRun(chosen, f"{models_dir}/tiny", examples, run_dir, settings, Collect(),
+                        should_stop=lambda: next(asked)).run()
+    client = MlflowClient(tracking_uri=(settings.home_dir / "mlflow").resolve().as_uri())
+    run_id = json.loads((run_dir / trackers.STATE).read_text())["mlflow"]
+    assert first.status == "stopped" and client.get_run(run_id).info.status == "KILLED"
+
+    TrainingRun(chosen, f"{models_dir}/tiny", examples, run_dir, settings, Collect()).run(resume=True)
+
+    assert json.loads((run_dir / trackers.STATE).read_text())["mlflow"] == run_id
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
