@@ -105,3 +105,13 @@ def test_a_run_stopped_and_resumed_follows_the_uninterrupted_curve(name, setting
     assert {**first.losses, **then.losses} == pytest.approx(whole.losses, abs=1e-5)
     # The optimizer did move the weights: the loss is not flat.
     assert whole.losses[4] != pytest.approx(whole.losses[1], abs=1e-3)
+
+
+@pytest.mark.parametrize("settings", [{"eps": float("inf")}, {"betas": [0.9] * 9}, {"x" * 65: 1.0},
+                                      {f"s{i}": 1.0 for i in range(17)}])
+def test_optimizer_settings_are_bounded_before_any_check(settings):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        config(optimizer_config=settings)
+    assert {error["loc"][0] for error in refused.value.errors()} == {"optimizer_config"}
