@@ -187,3 +187,24 @@ def test_a_resumed_job_continues_its_mlflow_run(settings, models_dir, tmp_path, 
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+
+
+def test_a_job_whose_tracker_breaks_completes_and_its_events_say_why(settings, monkeypatch):
+    from workbench.models.resolver import ModelResolver
+    from workbench.training.manager import JobManager
+    from workbench.training.store import JobStore
+    from workbench.training.worker import run_job
+
+    def broken(self, step, metrics):
+        raise OSError("tracking store went away")
+
+    monkeypatch.setattr(trackers.TensorBoard, "log", broken)
+    store = JobStore(settings.home_dir / "workbench.db")
+    job = JobManager(settings, ModelResolver(settings), store, manage=False).start(
+        config(report_to=["tensorboard"]), launch=False)
+
+    assert run_job(job["job_id"], settings, store, stop=lambda: None) == "completed"
+    warnings = [e for e in store.events(job["job_id"]) if (e["data"] or {}).get("tracker_failed")]
+    assert len(warnings) == 1 and "report_to tensorboard failed to log" in warnings[0]["message"]
+    assert list((Path(job["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))  # it had started
+    store.close()
