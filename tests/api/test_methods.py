@@ -1,16 +1,18 @@
 """More ways to train, over HTTP: a DoRA job trained, served by its experiment's name, fused into a
 plain model (over a full-precision base, and over one it quantized), evaluated with its adapter as
-its fused model is; an optimizer's bad setting is a 400 naming it."""
+its fused model is; an optimizer's bad setting, or a tracker whose package is missing, is a 400 naming
+the field."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlx_lm
 import pytest
 
-from tests.api.conftest import start, wait_for
+from tests.api.conftest import run_service, start, wait_for
 
 ASK = {"messages": [{"role": "user", "content": "Add the two numbers.\n\n12 and 30"}], "max_tokens": 12,
        "temperature": 0}
@@ -76,3 +78,18 @@ def test_an_optimizer_setting_it_does_not_take_is_a_400_naming_it(api):
     assert refused.status_code == 400, refused.text
     assert "optimizer_config.betas" in refused.text and "sgd takes no setting 'betas'" in refused.text
     assert api.get("/train/bad_optimizer/status").status_code == 404  # no job was made
+
+
+def test_a_tracker_whose_package_is_missing_is_a_400_naming_report_to(tmp_path, models_dir):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    # The service's Python then fails to import wandb, as where the extra is not installed.
+    (hidden / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
+    path = os.pathsep.join(p for p in (str(hidden), os.environ.get("PYTHONPATH")) if p)
+    with run_service(tmp_path / "home", models_dir, PYTHONPATH=path) as svc:
+        refused = svc.post("/train/start", json={"experiment_name": "tracked", "training_type": "lora",
+                                                 "dataset": "alpaca", "report_to": ["tensorboard", "wandb"]})
+        assert refused.status_code == 400, refused.text
+        (item,) = refused.json()["detail"]
+        assert item["loc"][-1] == "report_to" and "mlx-workbench[wandb]" in item["msg"]
+        assert svc.get("/train/tracked/status").status_code == 404  # no job was made
