@@ -74,3 +74,14 @@ def test_evaluation_benchmark_prints_items_per_second_against_mlx_lm_evaluate(mo
         assert measure in done.stdout
     assert "metrics equal: NO" not in done.stdout
     assert "cpu: " in done.stdout
+
+
+def test_scoring_benchmark_prints_tokens_per_second_against_lm_eval_in_process(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/scoring.py", "--quick", "--repeats", "1", "--models", models_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "tiny: scored tokens/s, echo+logprobs (engine) vs lm-eval WorkbenchLM" in done.stdout
+    assert "tiny: log-likelihoods equal to lm-eval's" in done.stdout and "| NO" not in done.stdout
+    assert "cpu: " in done.stdout

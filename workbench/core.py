@@ -274,6 +274,11 @@ class Workbench:
         """The same, as text pieces while they come; then `.result()`."""
         return self.router.stream(params)
 
+    def generate_many(self, requests: list[GenerateParams]) -> list[GenerateResponse]:
+        """Several generations in one call (OpenAI's `prompt` lists and `n`; text or token-id prompts,
+        echo): for a local model they enter its engine together, their prompts scored in one pass."""
+        return [GenerateResponse.of(r) for r in self.router.complete_many(requests)]
+
     def generate_batch(self, params: BatchGenerateParams) -> list[BatchItem]:
         """Every prompt at once: the local engine batches them, remote providers get them in parallel."""
         shared = params.model_dump(exclude={"prompts"})

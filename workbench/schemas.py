@@ -16,6 +16,19 @@ from workbench.training.record import JobEvent, JobStatus, StepMetrics
 __all__ = ["JobEvent", "JobStatus", "StepMetrics"]  # declared with the job record, answered from here too
 
 
+class TopLogprob(BaseModel):
+    token: str = Field(description="The token's text.")
+    token_id: int
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    logprob: float | None = Field(
+        description="log p(token | what precedes it); null for a prompt's first token."
+    )
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, description="The most likely tokens there.")
+
+
 class GenerateResponse(BaseModel):
     generated_text: str
     provider_used: str = Field(description="The provider that answered.")
@@ -31,6 +44,12 @@ class GenerateResponse(BaseModel):
         default_factory=list,
         description="Each provider tried, in order: provider, outcome (ok, failed, skipped), error, ms.",
     )
+    logprobs: list[TokenLogprob] | None = Field(
+        default=None, description="With `logprobs`: each generated token's score (local models)."
+    )
+    # With echo (/v1/completions only, not serialized): the prompt's scores and its text.
+    prompt_logprobs: list[TokenLogprob] | None = Field(default=None, exclude=True)
+    prompt_text: str | None = Field(default=None, exclude=True)
 
 
     @classmethod

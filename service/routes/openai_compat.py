@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
@@ -19,14 +19,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.deps import Authorized, WorkbenchDep
 from service.openapi import COMMON, error_responses
+from service.routes.openai_scores import chat_logprobs, legacy_logprobs
 from service.threads import in_generation_thread
+from workbench.errors import InputError
 from workbench.providers.catalog import LOCAL, PROVIDERS
 from workbench.providers.params import (
     MAX_MESSAGES,
     MAX_MODEL_NAME_CHARS,
     MAX_PROMPT_CHARS,
+    MAX_PROMPT_TOKENS,
+    MAX_SEED,
     MAX_STOPS,
+    MAX_TOP_LOGPROBS,
     ChatMessage,
+    CompletionParams,
     GenerateParams,
     StopList,
     StopText,
@@ -37,6 +43,10 @@ router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Autho
                    responses=error_responses(*COMMON, 401, openai=True))
 
 # What a generation can answer besides: JSON or an event stream, or a provider's refusal.
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
+MAX_N = 16  # choices per prompt
+MAX_CHOICES = 128  # prompts x n
+
 _GENERATION_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events (`data:` chunks, "
                          "then `data: [DONE]`).", "content": {"text/event-stream": {}}},
                    **error_responses(409, 429, 503, openai=True)}
@@ -55,9 +65,13 @@ class _OpenAIRequest(BaseModel):
     stop: StopText | StopList | None = Field(default=None, description=f"Up to {MAX_STOPS} strings.")
     stream: bool = False
     stream_options: dict | None = None
-    n: Literal[1] = 1
+    # Scoring and sampling options (docs/architecture.md, "Scoring and log-probabilities").
+    n: int = Field(default=1, ge=1, le=MAX_N, description=f"Choices per prompt (at most {MAX_N}).")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
+                             description="The same seed and parameters give the same text; choice j "
+                             "of n draws with seed + j.")
 
-    def params(self, **prompt) -> GenerateParams:
+    def params(self, kind: type[GenerateParams] = GenerateParams, **prompt) -> GenerateParams:
         if self.model == "auto":
             route = {}
         elif self.model in PROVIDERS and self.model != LOCAL:
@@ -65,9 +79,10 @@ class _OpenAIRequest(BaseModel):
         else:
             route = {"provider": LOCAL, "model": None if self.model == LOCAL else self.model}
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        max_tokens = next((m for m in (self.max_completion_tokens, self.max_tokens) if m is not None), 256)
         try:
-            return GenerateParams(
-                max_tokens=self.max_completion_tokens or self.max_tokens or 256,
+            return kind(
+                max_tokens=max_tokens,
                 temperature=self.temperature, top_p=self.top_p, stop=stop[:MAX_STOPS], min_tokens=0,
                 **route, **prompt,
             )
@@ -104,6 +119,9 @@ class _Message(BaseModel):
 
 class ChatCompletionRequest(_OpenAIRequest):
     messages: list[_Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    logprobs: bool = Field(default=False, description="Answer each token's log-probability (local models).")
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS,
+                                     description="With logprobs: this many most likely tokens at each place.")
 
     @field_validator("messages")
     @classmethod
@@ -115,17 +133,52 @@ class ChatCompletionRequest(_OpenAIRequest):
 
 
 class CompletionRequest(_OpenAIRequest):
-    prompt: str | list[str] = Field(
-        max_length=MAX_PROMPT_CHARS, description="One non-empty prompt (a list must hold exactly one)."
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description=f"A string, a list of strings, a list of token ids or a list of such lists: one "
+        f"choice (n choices) for each; at most {MAX_PROMPTS} prompts.",
+    )
+    max_tokens: int | None = Field(default=None, ge=0, description="0 with echo: score the prompt only.")
+    echo: bool = Field(default=False, description="Answer the prompt before the completion; with "
+                       "logprobs, its tokens scored too (the first one's null).")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS,
+        description=f"Each token's log-probability and this many most likely tokens (0 to "
+        f"{MAX_TOP_LOGPROBS}; OpenAI's own limit is 5).",
     )
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value):
+    def _prompts(cls, value: Any):
+        """Refused with the reason named, before pydantic tries each form of the union."""
         prompts = [value] if isinstance(value, str) else value
-        if len(prompts) != 1 or not prompts[0]:
-            raise ValueError("give one non-empty prompt")
-        return prompts[0]
+        if not isinstance(prompts, list) or not prompts:
+            raise ValueError("give a string, a list of strings, a list of token ids or a list of such lists")
+        if all(_is_id(p) for p in prompts):
+            prompts = [prompts]
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"{len(prompts)} prompts; at most {MAX_PROMPTS} in one request")
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if not p or len(p) > MAX_PROMPT_CHARS:
+                    raise ValueError(f"prompt {i} must hold 1 to {MAX_PROMPT_CHARS} characters")
+            elif isinstance(p, list) and all(_is_id(t) for t in p):
+                if not p or len(p) > MAX_PROMPT_TOKENS:
+                    raise ValueError(f"prompt {i} must hold 1 to {MAX_PROMPT_TOKENS} token ids")
+            else:
+                raise ValueError(f"prompt {i} is neither a string nor a list of token ids (integers >= 0)")
+        if len({type(p) for p in prompts}) > 1:
+            raise ValueError("give all prompts as strings or all as token ids")
+        return value
+
+    def prompts(self) -> list[dict]:
+        """Each prompt, as the `prompt` or `prompt_tokens` of its CompletionParams."""
+        value = self.prompt
+        prompts = [value] if isinstance(value, str) or all(isinstance(t, int) for t in value) else value
+        return [{"prompt": p} if isinstance(p, str) else {"prompt_tokens": p} for p in prompts]
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _finish(reason: str) -> str:
@@ -155,29 +208,76 @@ def list_models(workbench: WorkbenchDep) -> dict:
 @router.post("/chat/completions", responses=_GENERATION_DOC)
 async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep):
     """OpenAI chat completions, whole or streamed."""
-    params = body.params(messages=[m.plain() for m in body.messages])
+    top = body.top_logprobs
+    if top is not None and not body.logprobs:
+        raise InputError("top_logprobs", "top_logprobs needs logprobs: true")
+    options = {"logprobs": (top or 0) if body.logprobs else None}
+    params = [body.params(messages=[m.plain() for m in body.messages], **options,
+                          seed=None if body.seed is None else body.seed + j) for j in range(body.n)]
     if body.stream:
-        return await _stream(workbench, params, body, chat=True)
-    result = await in_generation_thread(workbench.generate, params)
-    return _envelope("chat.completion", result.model) | {
-        "choices": [{"index": 0, "finish_reason": _finish(result.finish_reason),
-                     "message": {"role": "assistant", "content": result.generated_text}}],
-        "usage": _usage(result), "provider_used": result.provider_used,
+        _streamable(body, logprobs=body.logprobs)
+        return await _stream(workbench, params[0], body, chat=True)
+    results = await in_generation_thread(workbench.generate_many, params)
+    choices = []
+    for j, result in enumerate(results):
+        choices.append({"index": j, "finish_reason": _finish(result.finish_reason),
+                        "message": {"role": "assistant", "content": result.generated_text},
+                        "logprobs": chat_logprobs(result) if body.logprobs else None})
+    return _envelope("chat.completion", results[0].model) | {
+        "choices": choices, "usage": _usage_of(results, body.n), "provider_used": results[0].provider_used,
+        **_warnings(results),
     }
 
 
 @router.post("/completions", responses=_GENERATION_DOC)
 async def completions(body: CompletionRequest, workbench: WorkbenchDep):
-    """OpenAI (legacy) text completions: the prompt is continued as it is, whole or streamed."""
-    params = body.params(prompt=body.prompt)
+    """OpenAI (legacy) text completions: each prompt (text or token ids) continued as it is, n
+    choices each (prompt i's choice j has index i*n+j); `echo` with `logprobs` scores the prompt."""
+    prompts = body.prompts()
+    if len(prompts) * body.n > MAX_CHOICES:
+        raise InputError("n", f"{len(prompts)} prompts x n={body.n} choices; at most {MAX_CHOICES} in all")
+    options = {"echo": body.echo, "logprobs": body.logprobs}
+    params = [body.params(CompletionParams, **prompt, **options,
+                          seed=None if body.seed is None else body.seed + j)
+              for prompt in prompts for j in range(body.n)]
     if body.stream:
-        return await _stream(workbench, params, body, chat=False)
-    result = await in_generation_thread(workbench.generate, params)
-    return _envelope("text_completion", result.model) | {
-        "choices": [{"index": 0, "text": result.generated_text, "logprobs": None,
-                     "finish_reason": _finish(result.finish_reason)}],
-        "usage": _usage(result), "provider_used": result.provider_used,
+        if len(prompts) > 1:
+            raise InputError("prompt", "streaming answers one prompt; send a list without stream")
+        if body.echo:
+            raise InputError("echo", "echo is not streamed; send it without stream")
+        _streamable(body, logprobs=body.logprobs is not None)
+        return await _stream(workbench, params[0], body, chat=False)
+    results = await in_generation_thread(workbench.generate_many, params)
+    choices = []
+    for index, result in enumerate(results):
+        text = (result.prompt_text or "") + result.generated_text if body.echo else result.generated_text
+        logprobs = legacy_logprobs(result, body.echo) if body.logprobs is not None else None
+        choices.append({"index": index, "text": text, "logprobs": logprobs,
+                        "finish_reason": _finish(result.finish_reason)})
+    return _envelope("text_completion", results[0].model) | {
+        "choices": choices, "usage": _usage_of(results, body.n), "provider_used": results[0].provider_used,
+        **_warnings(results),
     }
+
+
+def _streamable(body: _OpenAIRequest, logprobs: bool) -> None:
+    """Streaming carries one choice's text: refuse what it would drop, naming the field."""
+    if body.n > 1:
+        raise InputError("n", "streaming answers one choice; send n > 1 without stream")
+    if logprobs:
+        raise InputError("logprobs", "log-probabilities are not streamed; send them without stream")
+
+
+def _usage_of(results, n: int) -> dict:
+    """Usage over all choices: each prompt counted once (its n choices share it)."""
+    prompt = sum(r.prompt_tokens for r in results[::n])
+    completion = sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _warnings(results) -> dict:
+    warnings = list(dict.fromkeys(w for r in results for w in r.warnings))
+    return {"warnings": warnings} if warnings else {}
 
 
 def _data(obj: dict) -> str:

@@ -99,7 +99,7 @@ def test_messages_the_chat_template_refuses_are_a_4xx_naming_messages(api, model
     ("/v1/chat/completions", json.dumps(CHAT | {"stop": ["x" * (MAX_STOP_CHARS + 1)]}), "stop"),
     ("/generate", json.dumps({"prompt": "Hi", "stop": ["x" * (MAX_STOP_CHARS + 1)] * 4}), "stop"),
     ("/v1/chat/completions", json.dumps(CHAT | {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}), "text"),
-    ("/v1/completions", '{"model": "tiny", "prompt": "Hi", "n": 2}', "n"),
+    ("/v1/completions", '{"model": "tiny", "prompt": "Hi", "n": 17}', "n"),
 ])
 def test_what_json_should_not_carry_is_a_4xx_naming_the_field_on_the_same_connection(api, path, text, field):
     url = urlparse(api.url)

@@ -61,6 +61,7 @@ def test_a_killed_service_and_a_killed_worker_resume_on_exactly_the_uninterrupte
     with run_service(home, models_dir) as again:
         status = again.get("/train/victim/status").json()
         assert status["status"] == "interrupted" and 6 <= status["current_step"] < 24
+        assert "victim" in [job["experiment_name"] for job in again.get("/train/jobs").json()]
         assert again.post("/train/victim/resume").status_code == 200
         worker = wait_for(again, "victim", until={"running"}, step_at_least=status["current_step"] + 5)["pid"]
         os.kill(worker, signal.SIGKILL)

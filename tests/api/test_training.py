@@ -339,33 +339,3 @@ def test_training_resource_usage(svc):
     assert "training_jobs" in status
     done = wait_for(svc, "resource_test")
     assert 0 < done["peak_memory_mb"] < 16 * 1024
-
-
-def test_jobs_survive_a_killed_service_and_resume(tmp_path, models_dir):
-    with run_service(tmp_path, models_dir) as first:
-        start(first, experiment_name="survivor", max_steps=300, save_every=5)
-        wait_for(first, "survivor", until={"running"}, step_at_least=8)
-        proc_pid = _service_pid(first)
-        os.kill(proc_pid, signal.SIGKILL)
-        time.sleep(3)  # the worker notices its service is gone, checkpoints and ends
-    with run_service(tmp_path, models_dir) as again:
-        status = again.get("/train/survivor/status").json()
-        assert status["status"] == "interrupted"
-        before = len(again.get("/train/survivor/metrics").json()["steps"])
-        assert before >= 8
-        assert any(j["experiment_name"] == "survivor" for j in again.get("/train/jobs").json())
-        again.post("/train/survivor/resume")
-        wait_for(again, "survivor", until={"running"}, step_at_least=before + 3)
-        steps = [s["step"] for s in again.get("/train/survivor/metrics").json()["steps"]]
-        assert steps == list(range(1, len(steps) + 1))
-        again.post("/train/survivor/stop")
-
-
-def _service_pid(service):
-    port = int(service.url.rsplit(":", 1)[1])
-    import psutil
-
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-            return conn.pid
-    raise AssertionError("no process listens on the service's port")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lm_eval
+import mlx.core as mx
 from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 from mlx_lm.evaluate import MLXLM
@@ -72,7 +73,22 @@ class WorkbenchLM(MLXLM):
                                lambda a, b: a.args[0] == b.args[0])
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        return self._in_chunks(super().loglikelihood_rolling, requests, "loglikelihood_rolling")
+        return self._in_chunks(self._rolling, requests, "loglikelihood_rolling")
+
+    def _rolling(self, requests) -> list[float]:
+        """Each text's log-likelihood conditioned on the tokenizer's start token (bos, else eos), as
+        lm-eval defines it and its API models compute it: mlx-lm's own leaves the first token
+        unscored, so a server scored by lm-eval's local-completions would differ by that token."""
+        start = self.tokenizer.bos_token_id
+        start = self.tokenizer.eos_token_id if start is None else start
+        texts = [r.args[0] for r in requests]
+        inputs = [(start, *self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+        totals = []
+        for i in range(0, len(inputs), self._batch_size):
+            scores, lengths, _ = self._score_fn(inputs[i : i + self._batch_size])
+            scored = mx.arange(scores.shape[-1]) < lengths[:, None] - 1  # a row's padding is not
+            totals.extend((scores * scored).sum(axis=-1).tolist())
+        return totals
 
     def generate_until(self, requests) -> list[str]:
         if self.max_gen_tokens:  # in place of the task's own cap: the logged arguments show it

@@ -86,33 +86,36 @@ def check_yaml_files(root: Path) -> list[tuple[str, int, int]]:
     return stamps
 
 
-def check_tasks(names: list[str], manager: TaskManager, *, offline: str | None = None) -> None:
+def check_tasks(names: list[str], manager: TaskManager, *, offline: str | None = None) -> dict[str, str]:
     """Refuse, naming the task, a name lm-eval does not know or a task that cannot be built here: its
     data cannot be had (no network and nothing cached), its code does not import. Building loads each
     task's data, so this costs what the job's own start would. `offline` (`offline_for(settings)`)
-    says why `datasets` must read its local cache only, without asking the hub."""
+    says why `datasets` must read its local cache only, without asking the hub. Answers the output type
+    of each task built (groups expanded), so that nothing loads them again."""
     known = set(manager.all_tasks)
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, manager.all_tasks, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise InputError("tasks", f"unknown task {name!r}{hint}")
+    output_types = {}
     for name in names:
         try:
             with hub.datasets_offline(offline is not None):
-                manager.load([name])
+                loaded = manager.load([name])["tasks"]
         except ConnectionError as exc:  # what `datasets` raises offline for data it has not cached
             why = f"its data is not in the local datasets cache, and {offline}" if offline else _reason(exc)
             raise InputError("tasks", f"task {name!r} cannot be loaded: {why}") from None
         except Exception as exc:  # lm-eval and a task's own code raise anything
             raise InputError("tasks", f"task {name!r} cannot be loaded: {_reason(exc)}") from None
+        output_types |= {str(task_name): task.OUTPUT_TYPE for task_name, task in loaded.items()}
+    return output_types
 
 
-def needing_scores(names: list[str], manager: TaskManager) -> list[str]:
-    """The tasks (groups expanded) that score log-likelihoods, which a remote provider cannot give:
-    all but generate_until."""
-    loaded = manager.load(names)["tasks"]
-    return sorted(str(name) for name, task in loaded.items() if task.OUTPUT_TYPE != "generate_until")
+def needing_scores(output_types: dict[str, str]) -> list[str]:
+    """The tasks (of `check_tasks`' answer) that score log-likelihoods, which a remote provider cannot
+    give: all but generate_until."""
+    return sorted(name for name, kind in output_types.items() if kind != "generate_until")
 
 
 # Any public dataset serves to see whether the hub answers (a missing one answers too); this is the

@@ -23,12 +23,14 @@ from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequence
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
+from workbench.providers.scoring import score_prompts, seeded_sampler, token_score
 from workbench.providers.streams import (
     Completion,
     EngineClosed,
     EngineFull,
     GenerationRequest,
     GenerationStream,
+    TokenScore,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class _Active:
     tokens: int = 0
     done: bool = False
     eos_forbidden: bool = False
+    logprobs: list[TokenScore] | None = None  # generated tokens' scores, when the request asks
+    prompt_logprobs: list[TokenScore] | None = None  # its prompt's, with echo
 
     def emit(self, text: str) -> None:
         if text:
@@ -84,7 +88,7 @@ class _Active:
         request = self.stream.request
         self.stream._end(
             Completion("".join(self.parts), reason, len(request.prompt_tokens), self.tokens,
-                       self.cached_tokens)
+                       self.cached_tokens, self.logprobs, self.prompt_logprobs)
         )
 
 
@@ -208,32 +212,68 @@ class LocalEngine:
     def _admit(self, generator: BatchGenerator, active: dict[int, _Active], block: bool) -> bool:
         """Move waiting requests into the batch; False once the engine is told to close."""
         idle = block
-        while True:
-            try:
-                if block:
-                    stream = self._inbox.get(timeout=0.5)
-                elif idle:
-                    # A new batch is forming: give requests sent together a moment to arrive, so
-                    # their prompts are processed in one pass rather than one after another.
-                    stream = self._inbox.get(timeout=COALESCE_S)
+        to_score: list[GenerationStream] = []  # echo requests that came together: one scoring pass
+        try:
+            while True:
+                try:
+                    if block:
+                        stream = self._inbox.get(timeout=0.5)
+                    elif idle:
+                        # A new batch is forming: give requests sent together a moment to arrive, so
+                        # their prompts are processed in one pass rather than one after another.
+                        stream = self._inbox.get(timeout=COALESCE_S)
+                    else:
+                        stream = self._inbox.get_nowait()
+                except queue.Empty:
+                    return True
+                if stream is None:
+                    return False
+                block = False
+                if stream.request.echo:
+                    to_score.append(stream)
                 else:
-                    stream = self._inbox.get_nowait()
-            except queue.Empty:
-                return True
-            if stream is None:
-                return False
-            block = False
-            request = stream.request
-            forbid_eos = request.min_tokens > 1
-            try:
-                uid, cached = self._insert(generator, request, forbid_eos)
-            except Exception as exc:
+                    self._start(generator, active, stream, None)
+        finally:
+            if to_score:
+                for stream, scores in zip(to_score, self._score(generator, to_score)):
+                    if scores is not None:
+                        self._start(generator, active, stream, scores)
+
+    def _start(self, generator: BatchGenerator, active: dict[int, _Active], stream: GenerationStream,
+               prompt_scores: list[TokenScore] | None) -> None:
+        """Put one request into the batch (or answer it at once when it only scores its prompt)."""
+        request = stream.request
+        self._counts["requests"] += 1
+        self._counts["prompt_tokens"] += len(request.prompt_tokens)
+        if request.max_tokens == 0:
+            stream._end(Completion("", "length", len(request.prompt_tokens), 0,
+                                   logprobs=[] if request.logprobs is not None else None,
+                                   prompt_logprobs=prompt_scores))
+            return
+        forbid_eos = request.min_tokens > 1
+        try:
+            uid, cached = self._insert(generator, request, forbid_eos)
+        except Exception as exc:
+            stream._end(exc)
+            return
+        entry = self._track(stream, forbid_eos, cached)
+        entry.prompt_logprobs = prompt_scores
+        entry.logprobs = [] if request.logprobs is not None else None
+        active[uid] = entry
+        self._counts["cached_prompt_tokens"] += cached
+
+    def _score(self, generator: BatchGenerator, streams: list[GenerationStream]) -> list:
+        """The prompts of `streams` scored in one pass (docs/architecture.md, "Scoring and
+        log-probabilities"); a failure is each request's error, and its entry None."""
+        try:
+            with mx.stream(generator.stream):
+                return score_prompts(self.model, [s.request.prompt_tokens for s in streams],
+                                     [s.request.logprobs or 0 for s in streams])
+        except Exception as exc:
+            log.exception("scoring failed; the requests scored together get the error")
+            for stream in streams:
                 stream._end(exc)
-                continue
-            active[uid] = self._track(stream, forbid_eos, cached)
-            self._counts["requests"] += 1
-            self._counts["prompt_tokens"] += len(request.prompt_tokens)
-            self._counts["cached_prompt_tokens"] += cached
+            return [None] * len(streams)
 
     def _insert(self, generator: BatchGenerator, request: GenerationRequest,
                 forbid_eos: bool) -> tuple[int, int]:
@@ -243,6 +283,8 @@ class LocalEngine:
             raise ValueError("empty prompt: nothing to continue")
         cache, rest = self._cached_prefix(prompt)
         sampler = _sampler(request.temperature, request.top_p)
+        if request.seed is not None and request.temperature > 0:
+            sampler = seeded_sampler(request.temperature, request.top_p, request.seed)
         processors = []
         if forbid_eos:
             processors.append(_forbid_eos(self.tokenizer.eos_token_ids, request.min_tokens))
@@ -315,6 +357,8 @@ class LocalEngine:
                 active[uid] = entry
                 continue
             entry.tokens += 1
+            if entry.logprobs is not None:  # eos too: a scorer asking for n tokens reads n scores
+                entry.logprobs.append(token_score(r.logprobs, r.token, request.logprobs))
             if r.finish_reason != "stop":  # the eos token itself is not text
                 entry.detokenizer.add_token(r.token)
             if r.finish_reason is not None:

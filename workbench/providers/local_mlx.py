@@ -12,7 +12,7 @@ from workbench.models.loading import load_resolved
 from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
 from workbench.providers.engine import LocalEngine
 from workbench.providers.params import GenerateParams, SamplingParams
-from workbench.providers.streams import EngineFull, GenerationRequest, GenerationStream
+from workbench.providers.streams import EngineFull, GenerationRequest, GenerationStream, TokenScore
 from workbench.settings import Settings
 
 NAME = "local_mlx"
@@ -24,6 +24,7 @@ class LoadedModel:
     engine: LocalEngine
     context_length: int
     loaded_at: float = field(default_factory=time.time)
+    vocab_size: int = 0  # token ids below it are the tokenizer's (a token-id prompt is checked)
 
 
 @dataclass
@@ -39,6 +40,11 @@ class GenerationResult:
     latency_ms: float = 0.0
     prompt: str | None = None
     attempts: list[dict] = field(default_factory=list)
+    # Scores, when asked for (docs/architecture.md, "Scoring and log-probabilities"): one dict per
+    # token (token, token_id, logprob, top_logprobs); `prompt_logprobs` for the prompt with echo.
+    logprobs: list[dict] | None = None
+    prompt_logprobs: list[dict] | None = None
+    prompt_text: str | None = None  # the prompt as text, with echo (a token-id prompt decoded)
 
 
 @dataclass
@@ -61,7 +67,26 @@ class PreparedRequest:
             warnings=self.warnings,
             latency_ms=round((time.perf_counter() - self.started) * 1000, 1),
             prompt=prompt,
+            logprobs=self._scores(done.logprobs),
+            prompt_logprobs=self._scores(done.prompt_logprobs),
+            prompt_text=(self.loaded.engine.tokenizer.decode(self.request.prompt_tokens)
+                         if self.request.echo else None),
         )
+
+    def _scores(self, scores: list[TokenScore] | None) -> list[dict] | None:
+        if scores is None:
+            return None
+        decode = self.loaded.engine.tokenizer.decode
+        names: dict[int, str] = {}
+
+        def name(token: int) -> str:
+            if token not in names:
+                names[token] = decode([token])
+            return names[token]
+
+        return [{"token": name(s.token), "token_id": s.token, "logprob": s.logprob,
+                 "top_logprobs": [{"token": name(t), "token_id": t, "logprob": v} for t, v in s.top]}
+                for s in scores]
 
 
 class LocalMLX:
@@ -92,7 +117,8 @@ class LocalMLX:
             engine = LocalEngine(model, tokenizer, max_batch=self.settings.generation_batch,
                                  max_waiting=self.settings.generation_queue,
                                  prompt_cache_size=self.settings.prompt_cache_size)
-            loaded = LoadedModel(resolved, engine, config.get("max_position_embeddings", 4096))
+            loaded = LoadedModel(resolved, engine, config.get("max_position_embeddings", 4096),
+                                 vocab_size=max(tokenizer.get_vocab().values()) + 1)
             self._loaded[name] = loaded
             while len(self._loaded) > self.settings.loaded_models:
                 _, evicted = self._loaded.popitem(last=False)
@@ -113,7 +139,11 @@ class LocalMLX:
     def prepare(self, params: SamplingParams, *, prompt: str | None = None,
                 messages: list | None = None) -> PreparedRequest:
         loaded = self.model(params.model)
-        tokens = self._tokens(loaded, prompt, messages)
+        prompt_tokens = getattr(params, "prompt_tokens", None)
+        if prompt_tokens is not None:
+            tokens = self._checked_tokens(loaded, prompt_tokens)
+        else:
+            tokens = self._tokens(loaded, prompt, messages)
         if not tokens:
             raise InputError("prompt", "the prompt encodes to no tokens")
         room = loaded.context_length - len(tokens)
@@ -134,8 +164,20 @@ class LocalMLX:
             top_p=params.top_p,
             stop=tuple(params.stop),
             min_tokens=min(params.min_tokens, max_tokens),
+            logprobs=getattr(params, "logprobs", None),
+            echo=getattr(params, "echo", False),
+            seed=getattr(params, "seed", None),
         )
         return PreparedRequest(loaded, request, warnings)
+
+    @staticmethod
+    def _checked_tokens(loaded: LoadedModel, tokens: list[int]) -> list[int]:
+        """A token-id prompt, every id in the model's vocabulary (else a 4xx naming `prompt`)."""
+        outside = sorted({t for t in tokens if t >= loaded.vocab_size})
+        if outside:
+            raise InputError("prompt", f"token ids {outside[:5]} are outside the vocabulary of "
+                             f"{loaded.resolved.name!r} (ids 0 to {loaded.vocab_size - 1})")
+        return list(tokens)
 
     @staticmethod
     def _tokens(loaded: LoadedModel, prompt: str | None, messages: list | None) -> list[int]:
@@ -172,6 +214,22 @@ class LocalMLX:
         prepared, stream = self.start(params)
         stream.wait()
         return prepared.result(stream, params.prompt)
+
+    def generate_many(self, requests: list[GenerateParams]) -> list[GenerationResult]:
+        """Several generations submitted at once, so the engine takes them into one batch (and
+        scores their prompts in one pass); all are taken or none (Busy)."""
+        prepared = [self.prepare(p, prompt=p.prompt, messages=p.messages) for p in requests]
+        by_model: dict[int, list[int]] = {}
+        for i, p in enumerate(prepared):
+            by_model.setdefault(id(p.loaded), []).append(i)
+        streams: list[GenerationStream | None] = [None] * len(prepared)
+        for indices in by_model.values():
+            loaded = prepared[indices[0]].loaded
+            for i, stream in zip(indices, self._submit(loaded, [prepared[i].request for i in indices])):
+                streams[i] = stream
+        for stream in streams:
+            stream.wait()
+        return [p.result(s, r.prompt) for p, s, r in zip(prepared, streams, requests)]
 
     def close(self) -> None:
         with self._lock:

@@ -14,6 +14,10 @@ MAX_STOP_CHARS = 256
 MAX_PROMPT_CHARS = 400_000  # about 100k tokens, past any local model's context
 MAX_MESSAGES = 1_000
 MAX_MODEL_NAME_CHARS = 1_024
+# Scoring (docs/architecture.md, "Scoring and log-probabilities").
+MAX_TOP_LOGPROBS = 20
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_TOKENS = 100_000  # about MAX_PROMPT_CHARS's worth
 
 StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 StopList = Annotated[list[StopText], Field(max_length=MAX_STOPS)]
@@ -85,6 +89,16 @@ class GenerateParams(SamplingParams):
         "characters of content in all.",
     )
     stream: bool = Field(default=False, description="Answer with server-sent events as text arrives.")
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED,
+        description="Sample with a generator of this seed: the same seed and parameters give the same "
+        "text (local models; passed on to remote providers).",
+    )
+    logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS,
+        description="Answer each generated token's log-probability and this many most likely "
+        f"alternatives (0 to {MAX_TOP_LOGPROBS}; local models only).",
+    )
 
     @model_validator(mode="after")
     def _prompt_or_messages(self):
@@ -109,3 +123,24 @@ class BatchGenerateParams(SamplingParams):
         if empty:
             raise ValueError(f"prompts at positions {empty} are empty")
         return value
+
+
+class CompletionParams(GenerateParams):
+    """One choice of OpenAI's legacy completions: a text or token-id prompt, which may be scored
+    (`echo`) with or without a continuation (`max_tokens` 0: scoring only)."""
+
+    max_tokens: int = Field(default=128, ge=0,
+                            description="Most tokens to generate; 0 with echo scores only.")
+    prompt_tokens: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_PROMPT_TOKENS,
+        description="The prompt as token ids of the model's vocabulary, in place of `prompt`.",
+    )
+    echo: bool = Field(default=False, description="Score the prompt's own tokens too.")
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self):
+        if self.messages is not None or (self.prompt is None) == (self.prompt_tokens is None):
+            raise ValueError("give exactly one of prompt or prompt_tokens (no messages)")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 generates nothing: it needs echo (scoring the prompt)")
+        return self

@@ -15,6 +15,7 @@ import itertools
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from workbench.errors import Busy, InputError
@@ -63,6 +64,7 @@ class _Call:
     model: str  # the provider's model name, without litellm's prefix
     messages: list[dict]
     kwargs: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 class ProviderStream:
@@ -165,6 +167,20 @@ class ProviderRouter:
             return result
         raise AllProvidersFailed([a.as_dict() for a in attempts])
 
+    def complete_many(self, requests: list[GenerateParams]) -> list[GenerationResult]:
+        """Several at once. Those all for local_mlx go to its engine together (one batch, their
+        prompts scored in one pass); otherwise each walks the chain on a thread of its own."""
+        if all(p.provider == LOCAL for p in requests):
+            attempts: list[Attempt] = []
+            started = time.perf_counter()
+            results = self.local.generate_many(requests)  # a refusal (4xx, 429) is raised as it is
+            self._succeeded(LOCAL, started, attempts)
+            for result in results:
+                result.attempts = [a.as_dict() for a in attempts]
+            return results
+        with ThreadPoolExecutor(max_workers=min(len(requests), 16)) as pool:
+            return list(pool.map(self.complete, requests))
+
     def _complete_with(self, name: str, params: GenerateParams) -> GenerationResult:
         if name == LOCAL:
             return self.local.generate(params)
@@ -182,6 +198,7 @@ class ProviderRouter:
             model_path=f"{name}:{call.model}",
             provider_used=name,
             prompt=params.prompt,
+            warnings=list(call.warnings),
         )
 
     def stream(self, params: GenerateParams) -> ProviderStream:
@@ -235,6 +252,7 @@ class ProviderRouter:
                 prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                 completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                 model=call.model, model_path=f"{name}:{call.model}", provider_used=name, prompt=params.prompt,
+                warnings=list(call.warnings),
             )
 
         return ProviderStream(pieces(), finish, lambda: None, attempts)
@@ -277,11 +295,20 @@ class ProviderRouter:
         kwargs = {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
         if params.stop:
             kwargs["stop"] = params.stop
+        warnings = []
+        # Scoring options (docs/architecture.md, "Scoring and log-probabilities"): litellm passes a
+        # seed on; token scores are the local engine's alone, so asking a remote provider warns.
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if params.logprobs is not None:
+            warnings.append(f"logprobs are answered by local models only; {name} answered text alone")
+        if getattr(params, "prompt_tokens", None) is not None or getattr(params, "echo", False):
+            raise InputError("prompt", f"token-id prompts and echo are for local models; {name} takes text")
         if params.messages is not None:
             messages = [m.model_dump() for m in params.messages]
         else:
             messages = [{"role": "user", "content": params.prompt}]
-        return _Call(self.store.configs[name]["model"], messages, kwargs)
+        return _Call(self.store.configs[name]["model"], messages, kwargs, warnings)
 
     def _failed(self, name: str, exc: Exception, started: float) -> Attempt:
         # Every failure of the provider cools it down, in litellm's own cooldown store (which the

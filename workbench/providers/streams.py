@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,22 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     min_tokens: int = 0
+    # Scoring (docs/architecture.md, "Scoring and log-probabilities"). `logprobs`: None for none,
+    # else each generated token's log-probability and its `logprobs` most likely alternatives.
+    # `echo`: score the prompt's own tokens too (then max_tokens may be 0: scoring only).
+    logprobs: int | None = None
+    echo: bool = False
+    seed: int | None = None  # a sampler of its own, seeded: the same seed gives the same text
+
+
+@dataclass
+class TokenScore:
+    """One token's log-probability (None for a prompt's first token: nothing precedes it) and
+    its most likely alternatives, (token id, log-probability) in descending order."""
+
+    token: int
+    logprob: float | None
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -26,6 +42,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens taken from the prompt cache instead of processed
+    logprobs: list[TokenScore] | None = None  # generated tokens' (an ending eos too), when asked for
+    prompt_logprobs: list[TokenScore] | None = None  # the prompt's tokens, with echo
 
 
 class EngineClosed(RuntimeError):

@@ -165,12 +165,13 @@ class JobManager:
                              "first")
         return f"{config.provider}:{config.model or 'its configured model'}"
 
-    def _check_tasks(self, names: list[str], field: str) -> None:
-        """lm-eval tasks that cannot be had here are an InputError naming `field`."""
+    def _check_tasks(self, names: list[str], field: str) -> dict[str, str]:
+        """lm-eval tasks that cannot be had here are an InputError naming `field`; else each task's
+        output type."""
         from workbench.evaluation import tasks
 
         try:
-            tasks.check_tasks(names, tasks.task_manager(self.settings, names=names),
+            return tasks.check_tasks(names, tasks.task_manager(self.settings, names=names),
                               offline=tasks.offline_for(self.settings))
         except InputError as exc:
             raise InputError(field, exc.message) from None
@@ -197,9 +198,8 @@ class JobManager:
                 model_path = self.resolver.resolve(config.model or self.settings.default_model).path
             except ModelNotFound as exc:
                 raise InputError("model", str(exc)) from None
-        self._check_tasks(config.tasks, "tasks")
-        if remote(config) and (scored := tasks.needing_scores(config.tasks, tasks.task_manager(
-                self.settings, names=config.tasks))):
+        output_types = self._check_tasks(config.tasks, "tasks")
+        if remote(config) and (scored := tasks.needing_scores(output_types)):
             raise InputError("tasks", f"{config.provider} answers text, not log-likelihoods: "
                              f"{', '.join(scored)} need them (evaluate those on a local model)")
         with self._lock:
