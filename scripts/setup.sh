@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a checkout to run: the system OpenBLAS on Linux, then .venv with the project.
 #   scripts/setup.sh        the product: the service and the notebooks (`pip install -e .`)
-#   scripts/setup.sh test   that, the test tools and the benchmarks' peers (`pip install -e ".[dev,bench]"`),
+#   scripts/setup.sh test   that, the test tools, the trackers and the benchmarks' peers
+#                           (`pip install -e ".[dev,bench,tensorboard,mlflow,wandb]"`),
 #                           with PyTorch's CPU build on Linux (PyPI's Linux torch is the CUDA one, several GB)
 # Safe to run again: each set reinstalls only when pyproject.toml has changed since it was installed.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 case "${1:-serve}" in
   serve) set=serve; target=. ;;
-  test) set=test; target=".[dev,bench]" ;;
+  test) set=test; target=".[dev,bench,tensorboard,mlflow,wandb]" ;;
   *) echo "usage: scripts/setup.sh [serve|test]" >&2; exit 2 ;;
 esac
 

@@ -22,6 +22,7 @@ def count(params) -> int:
     {"training_type": "sft"},
     {"training_type": "lora"},
     {"training_type": "lora", "lora_rank": 4, "lora_layers": 1, "lora_targets": ["q_proj", "self_attn.v_proj"]},
+    {"training_type": "dora", "lora_layers": 1},
 ])
 def test_the_estimate_counts_the_parameters_training_has(models_dir, tiny, fields):
     config = TrainingConfig(experiment_name="room", dataset="alpaca", **fields)
@@ -34,5 +35,5 @@ def test_the_estimate_counts_the_parameters_training_has(models_dir, tiny, field
         if config.lora_targets:
             chosen["keys"] = lora_keys(model, config.lora_targets)
         layers = len(model.layers) if config.lora_layers == -1 else config.lora_layers
-        linear_to_lora_layers(model, layers, chosen)
+        linear_to_lora_layers(model, layers, chosen, use_dora=config.training_type == "dora")
     assert trainable_parameters(f"{models_dir}/tiny", config) == count(model.trainable_parameters())

@@ -44,7 +44,8 @@ def adapter_config(model, *, base_model: str, model_name: str | None, training_t
     """The adapter_config.json of an adapter trained over `base_model` (a folder), as `model` holds it
     at the end of training: mlx-lm's keys, and the workbench's for serving and fusing it elsewhere."""
     return {
-        "fine_tune_type": "full" if training_type == "sft" else "lora",
+        # mlx_lm.load builds DoRA layers for "dora", LoRA layers for "lora" (qlora's too).
+        "fine_tune_type": {"sft": "full", "dora": "dora"}.get(training_type, "lora"),
         "num_layers": num_layers,
         "lora_parameters": lora_parameters,
         "base_model": base_model,

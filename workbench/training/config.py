@@ -33,7 +33,13 @@ LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_STEPS = 10_000_000
 
-TrainingType = Literal["sft", "lora", "qlora"]
+TrainingType = Literal["sft", "lora", "qlora", "dora"]
+# The optimizers of mlx.optimizers a run may train with (workbench/training/optimizers.py).
+OptimizerName = Literal["adamw", "adam", "sgd", "adafactor", "muon"]
+# Where a run also reports its metrics (workbench/training/trackers.py).
+TrackerName = Literal["tensorboard", "mlflow", "wandb"]
+SettingName = Annotated[str, StringConstraints(max_length=64)]
+SettingPair = Annotated[list[float], Field(max_length=4)]  # betas, adafactor's eps
 
 
 class TrainingTarget(BaseModel):
@@ -50,7 +56,8 @@ class TrainingTarget(BaseModel):
         default=None, min_length=1, description="Base model: name, alias or folder (else the default)."
     )
     training_type: TrainingType = Field(
-        description="sft (all weights), lora, or qlora (LoRA over a 4-bit base)."
+        description="sft (all weights), lora, qlora (LoRA over a 4-bit base), or dora (weight-decomposed "
+        "LoRA; over a quantized base when quantization is set)."
     )
 
     @field_validator("experiment_name")
@@ -80,6 +87,15 @@ class TrainingConfig(DataSpec, TrainingTarget):
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    optimizer: OptimizerName = Field(
+        default="adamw", description="From mlx.optimizers: adamw, adam, sgd, adafactor or muon; the "
+        "learning-rate schedule applies to each.")
+    optimizer_config: dict[SettingName, bool | int | float | SettingPair] | None = Field(
+        default=None, max_length=16,
+        description="The chosen optimizer's own settings, by mlx.optimizers' names: adam/adamw betas, eps, "
+        "bias_correction; sgd momentum, dampening, nesterov; adafactor beta_1, decay_rate, clip_threshold, "
+        "eps (two numbers), scale_parameter, relative_step, warmup_init; muon momentum, nesterov, ns_steps.",
+    )
     max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e6, description="Clip gradients to this norm.")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
     memory_limit_mb: int | None = Field(
@@ -133,7 +149,8 @@ class TrainingConfig(DataSpec, TrainingTarget):
                     "(self_attn.q_proj); default: every linear layer of the block, as mlx-lm does.",
     )
     quantization: Literal["int4", "int8"] | None = Field(
-        default=None, description="QLoRA's base: int4 (default for qlora) or int8."
+        default=None, description="QLoRA's base: int4 (default for qlora) or int8; dora trains over a "
+        "base quantized so when it is set."
     )
 
     # Evaluation and checkpoints -----------------------------------------------------------------
@@ -151,6 +168,12 @@ class TrainingConfig(DataSpec, TrainingTarget):
     )
     eval_limit: int | None = Field(default=None, ge=1, le=100_000,
                                    description="eval_tasks: items evaluated per task; default: all.")
+    report_to: list[TrackerName] | None = Field(
+        default=None, max_length=3,
+        description="Also report metrics, configuration and the final adapter to: tensorboard (event files "
+        "in the run folder), mlflow (a store under the home unless MLFLOW_TRACKING_URI is set), wandb "
+        "(offline, in the run folder, without WANDB_API_KEY). Each needs its extra installed.",
+    )
     save_every: int = Field(default=100, ge=1, le=MAX_STEPS,
                             description="Checkpoint every this many steps (and at stop).")
     early_stopping_patience: int | None = Field(
@@ -183,12 +206,14 @@ class TrainingConfig(DataSpec, TrainingTarget):
             raise ValueError("eval_limit applies with eval_tasks only")
         if self.hostfile and len(self.hosts) > 1:
             raise ValueError("hosts: a hostfile lists the hosts itself: name it alone")
-        if self.quantization and self.training_type != "qlora":
-            raise ValueError("quantization applies to training_type qlora only")
+        if self.quantization and self.training_type not in ("qlora", "dora"):
+            raise ValueError("quantization applies to training_type qlora and dora only")
         if self.lora_targets and self.training_type == "sft":
-            raise ValueError("lora_targets applies to training_type lora and qlora only")
+            raise ValueError("lora_targets applies to training_type lora, qlora and dora only")
         if self.training_type == "qlora" and self.quantization is None:
             self.quantization = "int4"
+        if self.report_to:
+            self.report_to = list(dict.fromkeys(self.report_to))  # each tracker once
         return self
 
     def check_rows(self, valid_rows: int) -> None:

@@ -76,6 +76,10 @@ class JobManager:
         if config.eval_provider and not self.provider_configured(config.eval_provider):
             raise InputError("eval_provider", f"{config.eval_provider} is not configured: POST "
                              "/providers/configure first, or use local_mlx")
+        from workbench.training import optimizers, trackers
+
+        optimizers.check(config)
+        trackers.check(config.report_to)
         summary = (examples := prepare(config, self.settings)).summary  # kept with the job, for its worker
         if config.batch_size > summary.train_rows:
             raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "

@@ -1,4 +1,4 @@
-"""One training run on mlx-lm's tuner pieces: full-parameter SFT, LoRA, or QLoRA.
+"""One training run on mlx-lm's tuner pieces: full-parameter SFT, LoRA, QLoRA, or DoRA.
 
 mlx-lm's own `train()` saves adapters only, does not seed its batch order and can only be stopped by
 raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `default_loss`,
@@ -28,7 +28,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from workbench.data import Examples, tokenize
 from workbench.errors import InputError
 from workbench.models import adapters
-from workbench.training import batching, checkpoint, fastmath, faults, losses, policy
+from workbench.training import batching, checkpoint, fastmath, faults, losses, optimizers, policy
 from workbench.training.config import TrainingConfig
 from workbench.training.distributed import Ranks
 from workbench.training.reporter import Reporter
@@ -89,8 +89,9 @@ class TrainingRun:
         cfg = self.config
         if cfg.training_type == "sft" and already_quantized:
             raise InputError("training_type", "sft cannot train a quantized model's weights; use qlora")
-        if cfg.training_type == "qlora" and not already_quantized:
-            # Quantize from the stored weights, before any cast: a cast first would only be thrown away.
+        if cfg.quantization_bits and not already_quantized:
+            # QLoRA's base, or DoRA's when quantization is set: quantized from the stored weights, before
+            # any cast (a cast first would only be thrown away).
             nn.quantize(model, group_size=64, bits=cfg.quantization_bits)
         switched = policy.prepare(model, self.policy)
         if switched:
@@ -100,7 +101,8 @@ class TrainingRun:
         else:
             model.freeze()
             self.lora_keys = lora_keys(model, cfg.lora_targets) if cfg.lora_targets else None
-            linear_to_lora_layers(model, self._lora_layers(model), self._lora_parameters())
+            linear_to_lora_layers(model, self._lora_layers(model), self._lora_parameters(),
+                                  use_dora=cfg.training_type == "dora")
             policy.adapt_lora(model, self.policy)
         if cfg.gradient_checkpointing:
             grad_checkpoint(model.layers[0])
@@ -167,11 +169,27 @@ class TrainingRun:
             arguments = ([cfg.learning_rate, decay_steps, cfg.learning_rate * 0.1] if name == "cosine_decay"
                          else [cfg.learning_rate, cfg.learning_rate * 0.1, decay_steps])
             schedule = build_schedule({"name": name, "arguments": arguments, "warmup": cfg.warmup_steps})
-        return optim.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+        return optimizers.build(cfg, schedule)
 
     # Running ------------------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> RunOutcome:
+        """Trains (from the latest checkpoint when `resume`); with `report_to`, rank 0 also reports to
+        the trackers (workbench/training/trackers.py), whose runs end with this one."""
+        if not (self.config.report_to and self.ranks.lead):
+            return self._run(resume)
+        from workbench.training.trackers import Tracked
+
+        self.reporter = tracked = Tracked(self.reporter, self.config, self.run_dir, self.settings)
+        status = "failed"
+        try:
+            outcome = self._run(resume)
+            status = outcome.status
+            return outcome
+        finally:
+            tracked.close(status)
+
+    def _run(self, resume: bool) -> RunOutcome:
         cfg = self.config
         mx.random.seed(cfg.seed)
         policy.apply_limits(self.policy)

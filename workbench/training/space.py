@@ -80,6 +80,8 @@ def trainable_parameters(model_path: str | Path, config: TrainingConfig) -> int:
             continue
         out_features, in_features = size(shape, stem + ".scales" in shapes)
         total += config.lora_rank * (in_features + out_features)
+        if config.training_type == "dora":
+            total += out_features  # DoRA's magnitude of each output row
     return total
 
 

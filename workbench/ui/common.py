@@ -179,3 +179,13 @@ def draw_losses(axes, steps: list, label: str = "", color=None) -> tuple[int, in
     axes.set_ylabel("loss")
     axes.grid(alpha=0.3)
     return len(train), len(valid)
+
+
+def draw_test_loss(axes, steps: list, label: str = "", color=None) -> int:
+    """The test loss (a star at the step it was computed, the end of a completed run) on `axes`, in the
+    colour of the train line drawn before it; answers how many points."""
+    test = [(s.step, s.test_loss) for s in steps if s.test_loss is not None]
+    if test:
+        color = color or (axes.lines[0].get_color() if axes.lines else None)
+        axes.plot(*zip(*test), "*", markersize=11, color=color, label=f"{label} test" if label else "test")
+    return len(test)

@@ -6,6 +6,7 @@ The model itself validates (`Form.validate`), so the form says exactly what the 
 
 from __future__ import annotations
 
+import json
 import types
 from dataclasses import dataclass
 from typing import Literal, Union, get_args, get_origin
@@ -29,6 +30,7 @@ class Field:
     row: widgets.Box
     optional_text: bool = False  # a Text standing for `X | None`: empty means None
     listed: bool = False  # a Text standing for a list: items separated by commas
+    mapping: bool = False  # a Text standing for a mapping: a JSON object
     message: str | None = None  # the validation message shown now
 
     def get(self):
@@ -39,11 +41,18 @@ class Field:
                 return None
         if self.listed:
             return [item.strip() for item in value.split(",") if item.strip()]
+        if self.mapping and value:
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value  # the model then says it is not a mapping
         return value
 
     def set(self, value) -> None:
         if self.listed and isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value))
+        if self.mapping and isinstance(value, dict):
+            value = json.dumps(value)
         self.widget.value = ("" if value is None else str(value)) if self.optional_text else value
 
     def show_error(self, message: str | None) -> None:
@@ -125,7 +134,7 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
     annotation, optional = _unwrap(info.annotation)
     default = None if info.is_required() else info.get_default(call_default_factory=True)
     common = {"description": name, "style": _LABEL, "tooltip": info.description or name}
-    optional_text = listed = False
+    optional_text = listed = mapping = False
     if get_origin(annotation) is Literal:
         choices = [(str(c), c) for c in get_args(annotation)]
         if optional:
@@ -142,6 +151,10 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
                               placeholder=f"{NONE_LABEL}, or items separated by commas" if optional
                               else "items separated by commas", **common)
         optional_text, listed = optional, True
+    elif get_origin(annotation) is dict:
+        widget = widgets.Text(value=json.dumps(default) if default else "", layout=_INPUT,
+                              placeholder=f"{NONE_LABEL}, or JSON such as {{\"momentum\": 0.9}}", **common)
+        optional_text, mapping = optional, True
     elif suggestions:
         widget = widgets.Combobox(value=default or "", options=suggestions, ensure_option=False,
                                   layout=_INPUT, **common)
@@ -152,7 +165,7 @@ def _field(name: str, info: FieldInfo, suggestions: list[str] | None) -> Field:
     error = widgets.HTML(layout=widgets.Layout(display="none", margin="0 0 0 13em"))
     help_text = widgets.HTML(muted(info.description or ""), layout=widgets.Layout(margin="0 0 0 1em"))
     row = widgets.VBox([widgets.HBox([widget, help_text]), error])
-    return Field(name, widget, error, row, optional_text, listed)
+    return Field(name, widget, error, row, optional_text, listed, mapping)
 
 
 def _unwrap(annotation) -> tuple[object, bool]:

@@ -13,7 +13,7 @@ from workbench.data import SAMPLES
 from workbench.errors import InputError
 from workbench.training.config import TrainingConfig
 from workbench.training.record import ACTIVE, TERMINAL, JobStatus
-from workbench.ui.common import Panel, Plot, Ticker, button, draw_losses, escape, muted
+from workbench.ui.common import Panel, Plot, Ticker, button, draw_losses, draw_test_loss, escape, muted
 from workbench.ui.forms import Form
 
 # Where each section of the form begins (later fields join the section above them).
@@ -37,7 +37,7 @@ class TrainingPanel(Panel):
         self.fields = self.form.fields
         self.experiment: str | None = None  # the job followed: the last started or resumed
         self.last_status: JobStatus | None = None
-        self.train_points = self.valid_points = 0
+        self.train_points = self.valid_points = self.test_points = 0
         self._drawn: tuple | None = None
         self._lock = threading.RLock()  # the poller and wait() both refresh
         self._ticker = Ticker(self._tick, poll_s)
@@ -185,8 +185,9 @@ class TrainingPanel(Panel):
             return  # nothing new: leave the image as it is
         axes = self.plot.clear()
         self.train_points, self.valid_points = draw_losses(axes, steps)
+        self.test_points = draw_test_loss(axes, steps)
         axes.set_title(f"{status.experiment_name} ({status.status})", fontsize=10)
-        if self.train_points or self.valid_points:
+        if self.train_points or self.valid_points or self.test_points:
             axes.legend(fontsize=8)
         self.plot.render()
         self._drawn = key
