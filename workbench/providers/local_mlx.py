@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workbench.errors import Busy, InputError
 from workbench.models.loading import load_resolved
 from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
 from workbench.providers.engine import LocalEngine
+from workbench.providers.grammar import GrammarCompiler, format_grammar, lark_grammar
 from workbench.providers.params import GenerateParams, SamplingParams
 from workbench.providers.streams import EngineFull, GenerationRequest, GenerationStream
+from workbench.providers.tools import Tool, forced_call_lark, parse_tool_calls, template_tools
 from workbench.settings import Settings
 
 NAME = "local_mlx"
@@ -24,6 +26,14 @@ class LoadedModel:
     engine: LocalEngine
     context_length: int
     loaded_at: float = field(default_factory=time.time)
+    _grammar: GrammarCompiler | None = None
+
+    @property
+    def grammar(self) -> GrammarCompiler:
+        """llguidance's view of the tokenizer, made on the first constrained request."""
+        if self._grammar is None:
+            self._grammar = GrammarCompiler(self.engine.tokenizer)
+        return self._grammar
 
 
 @dataclass
@@ -39,6 +49,7 @@ class GenerationResult:
     latency_ms: float = 0.0
     prompt: str | None = None
     attempts: list[dict] = field(default_factory=list)
+    tool_calls: list[dict] | None = None
 
 
 @dataclass
@@ -47,13 +58,19 @@ class PreparedRequest:
     request: GenerationRequest
     warnings: list[str]
     started: float = field(default_factory=time.perf_counter)
+    tools: list[Tool] | None = None  # the calls to read back from the answer
 
     def result(self, stream: GenerationStream, prompt: str | None = None) -> GenerationResult:
         done = stream.result
         assert done is not None, "read the stream to its end first"
+        text, finish, calls = done.text, done.finish_reason, None
+        if self.tools:
+            text, calls = parse_tool_calls(text, self.loaded.engine.tokenizer, self.tools)
+            finish = "tool_calls" if calls and finish == "stop" else finish
         return GenerationResult(
-            generated_text=done.text,
-            finish_reason=done.finish_reason,
+            generated_text=text,
+            finish_reason=finish,
+            tool_calls=calls or None,
             prompt_tokens=done.prompt_tokens,
             completion_tokens=done.completion_tokens,
             model=self.loaded.resolved.name,
@@ -113,7 +130,8 @@ class LocalMLX:
     def prepare(self, params: SamplingParams, *, prompt: str | None = None,
                 messages: list | None = None) -> PreparedRequest:
         loaded = self.model(params.model)
-        tokens = self._tokens(loaded, prompt, messages)
+        tools = self._tools(loaded, params)
+        tokens = self._tokens(loaded, prompt, messages, tools)
         if not tokens:
             raise InputError("prompt", "the prompt encodes to no tokens")
         room = loaded.context_length - len(tokens)
@@ -135,10 +153,37 @@ class LocalMLX:
             stop=tuple(params.stop),
             min_tokens=min(params.min_tokens, max_tokens),
         )
-        return PreparedRequest(loaded, request, warnings)
+        constraint = self._constraint(loaded, params, tools)
+        if constraint is not None:
+            # The grammar decides where the answer ends (eos only once it is complete).
+            request = replace(request, constraint=constraint, min_tokens=0)
+        return PreparedRequest(loaded, request, warnings, tools=tools)
 
     @staticmethod
-    def _tokens(loaded: LoadedModel, prompt: str | None, messages: list | None) -> list[int]:
+    def _tools(loaded: LoadedModel, params: SamplingParams) -> list[Tool] | None:
+        """The tools the model is shown and whose calls are read back (none for tool_choice none)."""
+        tools = getattr(params, "tools", None)
+        if not tools or getattr(params, "tool_choice", None) == "none":
+            return None
+        if not loaded.engine.tokenizer.has_tool_calling:
+            raise InputError("tools", f"the chat template of {loaded.resolved.name!r} has no tool format "
+                             "that mlx-lm can parse calls from")
+        return tools
+
+    @staticmethod
+    def _constraint(loaded: LoadedModel, params: SamplingParams, tools: list[Tool] | None):
+        """The grammar the answer is decoded under: a forced tool call, else the response_format."""
+        tokenizer = loaded.engine.tokenizer
+        forced = tools and forced_call_lark(tools, getattr(params, "tool_choice", None),
+                                            tokenizer.tool_call_start, tokenizer.tool_call_end)
+        if forced:
+            return loaded.grammar.constraint(lark_grammar(forced), "tools")
+        grammar = format_grammar(getattr(params, "response_format", None))
+        return None if grammar is None else loaded.grammar.constraint(grammar, "response_format")
+
+    @staticmethod
+    def _tokens(loaded: LoadedModel, prompt: str | None, messages: list | None,
+                tools: list[Tool] | None = None) -> list[int]:
         """The request's tokens. What the tokenizer or the chat template refuses is the request's
         own error (a 4xx), never the model's failure: taken for one, it cooled local_mlx down and
         every client got 503."""
@@ -146,8 +191,9 @@ class LocalMLX:
         field = "messages" if messages is not None else "prompt"
         try:
             if messages is not None:
-                chat = [m.model_dump() for m in messages]
-                return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+                chat = [m.template_dict() for m in messages]
+                extra = {"tools": template_tools(tools)} if tools else {}
+                return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, **extra))
             return list(tokenizer.encode(prompt))
         except Exception as exc:
             why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -257,6 +257,7 @@ class ProviderRouter:
         self.health[name].last_success = time.time()
 
     def _usable_chain(self, params: GenerateParams) -> list[str]:
+        params.check_tools()
         if params.provider and not self.configured(params.provider):
             raise InputError(
                 "provider", f"{params.provider} is not configured: POST /providers/configure first"

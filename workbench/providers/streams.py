@@ -17,6 +17,8 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     min_tokens: int = 0
+    # Constrained decoding (grammar.py): anything with `processor()` giving a logits processor.
+    constraint: object | None = None
 
 
 @dataclass
