@@ -7,6 +7,8 @@ import jsonschema
 import openai
 import pytest
 
+from tests.fakes.llm_servers import FakeLLMServer
+
 PERSON = {
     "type": "object",
     "properties": {
@@ -146,6 +148,35 @@ def test_tool_choice_naming_an_unknown_function_is_a_400(api):
         "tool_choice": {"type": "function", "function": {"name": "launch_rocket"}}})
     assert answer.status_code == 400, answer.text
     assert "tool_choice" in answer.text and "launch_rocket" in answer.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_remote_provider_gets_the_tools_and_its_calls_come_back(api, stream):
+    with FakeLLMServer("openai") as server:
+        configured = api.post("/providers/configure", json={
+            "provider": "openai", "model": "fake-model", "api_key": "sk-test", "api_base": server.api_base})
+        assert configured.status_code == 200, configured.text
+        try:
+            reply = client(api).chat.completions.create(
+                model="openai", messages=ASK, tools=[WEATHER], stream=stream,
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                response_format={"type": "json_object"})
+            if stream:
+                parts = [c.choices[0].delta for c in reply if c.choices]
+                calls = [t for d in parts for t in d.tool_calls or []]
+                name = "".join(t.function.name or "" for t in calls)
+                arguments = "".join(t.function.arguments or "" for t in calls)
+            else:
+                (call,) = reply.choices[0].message.tool_calls
+                name, arguments = call.function.name, call.function.arguments
+                assert reply.choices[0].finish_reason == "tool_calls"
+        finally:
+            api.delete("/providers/openai")
+    sent = server.requests_to("/chat/completions")[-1]["json"]
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["response_format"] == {"type": "json_object"}
+    assert name == "get_weather" and json.loads(arguments) == {"city": "Paris"}
 
 
 def _params(**fields):

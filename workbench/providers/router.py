@@ -24,6 +24,7 @@ from workbench.providers.local_mlx import GenerationResult, LocalMLX
 from workbench.providers.params import GenerateParams
 from workbench.providers.secrets import mask_key, redactor
 from workbench.providers.store import ProviderConfig, ProviderStore
+from workbench.providers.tools import ToolCallDeltas, remote_tool_calls, remote_tool_options
 from workbench.schemas import GenerateResponse
 from workbench.settings import Settings
 
@@ -175,6 +176,7 @@ class ProviderRouter:
         usage = getattr(response, "usage", None)
         return GenerationResult(
             generated_text=choice.message.content or "",
+            tool_calls=remote_tool_calls(getattr(choice.message, "tool_calls", None)),
             finish_reason=choice.finish_reason or "stop",
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
@@ -215,11 +217,13 @@ class ProviderRouter:
 
     def _remote_stream(self, name, call, params, first, chunks, attempts) -> ProviderStream:
         parts, state = [], {"finish_reason": "stop", "usage": None}
+        calls = ToolCallDeltas()
 
         def pieces():
             for chunk in itertools.chain([first] if first is not None else [], chunks):
                 choice = chunk.choices[0] if chunk.choices else None
                 text = (choice.delta.content if choice and choice.delta else None) or ""
+                calls.add(getattr(choice.delta, "tool_calls", None) if choice and choice.delta else None)
                 if choice and choice.finish_reason:
                     state["finish_reason"] = choice.finish_reason
                 if getattr(chunk, "usage", None):
@@ -232,6 +236,7 @@ class ProviderRouter:
             usage = state["usage"]
             return GenerationResult(
                 generated_text="".join(parts), finish_reason=state["finish_reason"],
+                tool_calls=calls.whole(),
                 prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                 completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                 model=call.model, model_path=f"{name}:{call.model}", provider_used=name, prompt=params.prompt,
@@ -278,8 +283,9 @@ class ProviderRouter:
         kwargs = {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p}
         if params.stop:
             kwargs["stop"] = params.stop
+        kwargs |= remote_tool_options(params)
         if params.messages is not None:
-            messages = [m.model_dump() for m in params.messages]
+            messages = [m.model_dump(exclude_none=True) | {"content": m.content} for m in params.messages]
         else:
             messages = [{"role": "user", "content": params.prompt}]
         return _Call(self.store.configs[name]["model"], messages, kwargs)

@@ -144,3 +144,47 @@ def parse_tool_calls(text: str, tokenizer, tools: list[Tool]) -> tuple[str, list
                                        else json.dumps(arguments, ensure_ascii=False)}})
     content.append(rest)
     return "".join(content).strip() if calls else text, calls
+
+
+# Remote providers: litellm carries tools, tool_choice and response_format to them, and their calls back.
+
+def remote_tool_options(params) -> dict:
+    """The OpenAI fields of `params` that litellm passes on to a remote provider."""
+    options = {}
+    if params.tools:
+        options["tools"] = [t.model_dump(exclude_none=True) for t in params.tools]
+    if params.tool_choice is not None:
+        choice = params.tool_choice
+        options["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+    if params.response_format is not None:
+        options["response_format"] = params.response_format.model_dump(exclude_none=True)
+    return options
+
+
+def remote_tool_calls(calls) -> list[dict] | None:
+    """litellm's tool calls (objects of OpenAI's shape) as plain dicts; None when there are none."""
+    if not calls:
+        return None
+    return [{"id": c.id, "type": "function",
+             "function": {"name": c.function.name, "arguments": c.function.arguments or ""}} for c in calls]
+
+
+class ToolCallDeltas:
+    """A streamed answer's tool calls, put together from OpenAI's deltas (id and name first, then
+    pieces of the arguments, by index)."""
+
+    def __init__(self):
+        self._calls: dict[int, dict] = {}
+
+    def add(self, deltas) -> None:
+        for delta in deltas or []:
+            call = self._calls.setdefault(getattr(delta, "index", 0) or 0, {
+                "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call["id"] = getattr(delta, "id", None) or call["id"]
+            function = getattr(delta, "function", None)
+            if function is not None:
+                call["function"]["name"] += getattr(function, "name", None) or ""
+                call["function"]["arguments"] += getattr(function, "arguments", None) or ""
+
+    def whole(self) -> list[dict] | None:
+        return [self._calls[i] for i in sorted(self._calls)] or None
