@@ -68,7 +68,10 @@ ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Fie
 
 def schema_grammar(schema: dict | None) -> str:
     """llguidance's grammar for JSON matching `schema` (any JSON object when None)."""
-    return llguidance.LLMatcher.grammar_from_json_schema(schema or {"type": "object"}, overrides=_COMPACT)
+    try:
+        return llguidance.LLMatcher.grammar_from_json_schema(schema or {"type": "object"}, overrides=_COMPACT)
+    except ValueError as exc:
+        raise InputError("response_format", f"the grammar library refuses the schema: {exc}") from None
 
 
 def format_grammar(response_format) -> str | None:
@@ -87,13 +90,15 @@ def lark_grammar(lark: str) -> str:
 class Constraint:
     """A checked grammar for one tokenizer; each `processor()` decodes one answer under it."""
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str):
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, eos: list[int]):
         self.tokenizer = tokenizer
         self.grammar = grammar
+        self.eos = eos
 
     def processor(self):
         matcher = llguidance.LLMatcher(self.tokenizer, self.grammar)
         bitmask = llnumpy.allocate_token_bitmask(1, self.tokenizer.vocab_size)
+        eos = list(self.eos)
         started = False
 
         def process(tokens: mx.array, logits: mx.array) -> mx.array:
@@ -105,6 +110,8 @@ class Constraint:
             llnumpy.fill_next_token_bitmask(matcher, bitmask, 0)
             allowed = np.unpackbits(bitmask.view(np.uint8), count=self.tokenizer.vocab_size,
                                     bitorder="little").astype(bool)
+            if not allowed.any():  # a schema nothing can satisfy, or a matcher in error: end the answer
+                allowed[eos] = True
             width = logits.shape[-1]
             # A model's vocabulary may be padded past its tokenizer's: those rows are never allowed.
             allowed = np.pad(allowed, (0, max(width - allowed.size, 0)))[:width]
@@ -119,12 +126,12 @@ class GrammarCompiler:
 
     def __init__(self, tokenizer):
         hf = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper holds the HF one
-        eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [hf.eos_token_id])
-        self.tokenizer = llguidance.hf.from_tokenizer(hf, eos_token=eos)
+        self.eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [hf.eos_token_id])
+        self.tokenizer = llguidance.hf.from_tokenizer(hf, eos_token=self.eos)
 
     def constraint(self, grammar: str, field: str) -> Constraint:
         error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if error:
             raise InputError(field, f"the grammar library refuses it: {error.splitlines()[0][:300]}")
-        return Constraint(self.tokenizer, grammar)
+        return Constraint(self.tokenizer, grammar, self.eos)
 
