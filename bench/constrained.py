@@ -22,15 +22,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlx.core as mx  # noqa: I001
-from common import build_models, fp32_copy  # before mlx.core: the workbench puts OpenBLAS under MLX
-from constrained_peers import OutlinesCore, XGrammar
-from mlx_lm import load
+# isort: off
+# Before mlx.core: importing the workbench (through common) puts the system OpenBLAS under MLX, which
+# only works while MLX is not yet loaded (workbench/blas.py).
+from common import build_models, fp32_copy
 from table import machine_line, print_table, row, version
-
 from workbench.providers.engine import LocalEngine
 from workbench.providers.grammar import GrammarCompiler, schema_grammar
 from workbench.providers.streams import GenerationRequest
+from workbench.blas import load_fast_blas
+
+import mlx.core as mx
+from mlx_lm import load
+from constrained_peers import OutlinesCore, XGrammar
+# isort: on
 
 OPEN = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"],
         "additionalProperties": False}
@@ -137,6 +142,7 @@ def _parses(text: str) -> bool:
 
 def main() -> None:
     print(machine_line())
+    print(f"BLAS under MLX: {load_fast_blas().detail}")
     print(f"mlx {version('mlx')}, mlx-lm {version('mlx-lm')}, llguidance {version('llguidance')}, "
           f"xgrammar {version('xgrammar')}, outlines-core {version('outlines_core')}; default device "
           f"{mx.default_device()}; {args.tokens} tokens a request, median of {args.repeats}", flush=True)
