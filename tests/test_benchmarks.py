@@ -1,6 +1,7 @@
 """Each benchmark runs once at toy size, so the scripts cannot rot (figures are not judged here)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,16 @@ def test_scoring_benchmark_prints_tokens_per_second_against_lm_eval_in_process(m
     assert "tiny: scored tokens/s, echo+logprobs (engine) vs lm-eval WorkbenchLM" in done.stdout
     assert "tiny: log-likelihoods equal to lm-eval's" in done.stdout and "| NO" not in done.stdout
     assert "cpu: " in done.stdout
+
+
+def test_constrained_benchmark_prints_each_library_against_unconstrained(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/constrained.py", "--quick", "--batch", "1", "--batch", "4",
+         "--models-dir", models_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.startswith("cpu: ")
+    for library in ("llguidance", "xgrammar", "outlines-core"):
+        assert f"batch 4: {library} JSON schema, ms per token" in done.stdout
+    assert re.search(r"tiny batch 1: llguidance bounded schema, valid JSON answers *\| 1/1", done.stdout)

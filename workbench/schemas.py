@@ -34,7 +34,7 @@ class GenerateResponse(BaseModel):
     provider_used: str = Field(description="The provider that answered.")
     model: str = Field(description="The model name as asked for.")
     model_path: str = Field(description="Where that name resolved: the folder actually used.")
-    finish_reason: str = Field(description="stop (eos or a stop string), length, or cancelled.")
+    finish_reason: str = Field(description="stop (eos or a stop string), length, tool_calls, or cancelled.")
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -50,6 +50,10 @@ class GenerateResponse(BaseModel):
     # With echo (/v1/completions only, not serialized): the prompt's scores and its text.
     prompt_logprobs: list[TokenLogprob] | None = Field(default=None, exclude=True)
     prompt_text: str | None = Field(default=None, exclude=True)
+    tool_calls: list[dict] | None = Field(
+        default=None, description="The functions the model called (OpenAI's shape: id, type, function "
+        "name and arguments as a JSON string), when the request gave tools."
+    )
 
 
     @classmethod

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.deps import Authorized, WorkbenchDep
 from service.openapi import COMMON, error_responses
@@ -24,6 +24,7 @@ from service.threads import in_generation_thread
 from workbench.errors import InputError
 from workbench.models.listing import ModelList, ServedModel
 from workbench.providers.catalog import LOCAL, PROVIDERS
+from workbench.providers.grammar import ResponseFormat
 from workbench.providers.params import (
     MAX_MESSAGES,
     MAX_MODEL_NAME_CHARS,
@@ -39,6 +40,7 @@ from workbench.providers.params import (
     StopText,
 )
 from workbench.providers.secrets import redactor
+from workbench.providers.tools import MAX_TOOLS, Tool, ToolCall, ToolChoice
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized],
                    responses=error_responses(*COMMON, 401, openai=True))
@@ -107,15 +109,26 @@ class _ContentPart(BaseModel):
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[_ContentPart] = Field(max_length=MAX_PROMPT_CHARS)
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[_ContentPart] | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    # An agent loop's second turn: the assistant's calls (content may be null) and each tool's answer.
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _content_or_calls(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (null only beside tool_calls)")
+        return self
 
     def plain(self) -> ChatMessage:
-        text = self.content if isinstance(self.content, str) else "".join(
+        text = self.content if isinstance(self.content, str | None) else "".join(
             part.text or "" for part in self.content if part.type == "text"
         )
         return ChatMessage.model_construct(role="system" if self.role == "developer" else self.role,
-                                           content=text)
+                                           content=text, tool_calls=self.tool_calls,
+                                           tool_call_id=self.tool_call_id, name=self.name)
 
 
 class ChatCompletionRequest(_OpenAIRequest):
@@ -123,11 +136,22 @@ class ChatCompletionRequest(_OpenAIRequest):
     logprobs: bool = Field(default=False, description="Answer each token's log-probability (local models).")
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS,
                                      description="With logprobs: this many most likely tokens at each place.")
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+
+    def tool_fields(self) -> dict:
+        """What the chat asks of tools and formats, as GenerateParams takes it."""
+        return {"response_format": self.response_format, "tools": self.tools, "tool_choice": self.tool_choice}
+
+    @property
+    def may_call(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     @field_validator("messages")
     @classmethod
     def _bounded(cls, value: list[_Message]) -> list[_Message]:
-        total = sum(len(m.plain().content) for m in value)
+        total = sum(len(m.plain().content or "") for m in value)
         if total > MAX_PROMPT_CHARS:
             raise ValueError(f"messages hold {total} characters; at most {MAX_PROMPT_CHARS}")
         return value
@@ -183,7 +207,15 @@ def _is_id(value: Any) -> bool:
 
 
 def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def _chat_message(result) -> dict:
+    """The assistant's message: its text, and its tool calls when it made some (content then null
+    if it said nothing else, as OpenAI answers)."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.generated_text}
+    return {"role": "assistant", "content": result.generated_text or None, "tool_calls": result.tool_calls}
 
 
 def _usage(result) -> dict:
@@ -219,7 +251,7 @@ async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep)
     if top is not None and not body.logprobs:
         raise InputError("top_logprobs", "top_logprobs needs logprobs: true")
     options = {"logprobs": (top or 0) if body.logprobs else None}
-    params = [body.params(messages=[m.plain() for m in body.messages], **options,
+    params = [body.params(messages=[m.plain() for m in body.messages], **options, **body.tool_fields(),
                           seed=None if body.seed is None else body.seed + j) for j in range(body.n)]
     if body.stream:
         _streamable(body, logprobs=body.logprobs)
@@ -228,7 +260,7 @@ async def chat_completions(body: ChatCompletionRequest, workbench: WorkbenchDep)
     choices = []
     for j, result in enumerate(results):
         choices.append({"index": j, "finish_reason": _finish(result.finish_reason),
-                        "message": {"role": "assistant", "content": result.generated_text},
+                        "message": _chat_message(result),
                         "logprobs": chat_logprobs(result) if body.logprobs else None})
     return _envelope("chat.completion", results[0].model) | {
         "choices": choices, "usage": _usage_of(results, body.n), "provider_used": results[0].provider_used,
@@ -287,6 +319,17 @@ def _warnings(results) -> dict:
     return {"warnings": warnings} if warnings else {}
 
 
+def _tool_deltas(result) -> list[dict]:
+    """A held answer as OpenAI's deltas: its text, then each call's id and name, then its arguments."""
+    deltas = [{"content": result.generated_text}] if result.generated_text else []
+    for index, call in enumerate(result.tool_calls or []):
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                       "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": index,
+                                       "function": {"arguments": call["function"]["arguments"]}}]})
+    return deltas
+
+
 def _data(obj: dict) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
@@ -302,14 +345,21 @@ async def _stream(workbench, params: GenerateParams, body: _OpenAIRequest, chat:
             choice = {"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish}
         return _data(head | {"choices": [choice]})
 
+    # With tools the text is held to the end: a call is known, and parsed, only once it is whole.
+    holding = chat and getattr(body, "may_call", False)
+
     async def events():
         pieces = iter(stream)
         try:
             if chat:
                 yield chunk(role="assistant")
             while (piece := await in_generation_thread(next, pieces, None)) is not None:
-                yield chunk(content=piece)
+                if not holding:
+                    yield chunk(content=piece)
             result = stream.result()
+            if holding:
+                for delta in _tool_deltas(result):
+                    yield chunk(**delta)
             yield chunk(_finish(result.finish_reason))
             if (body.stream_options or {}).get("include_usage"):
                 yield _data(head | {"choices": [], "usage": _usage(result)})

@@ -129,6 +129,8 @@ class FakeLLMServer:
         self.models = list(models) if models is not None else ["fake-model"]
         #: When set, 429 answers carry a ``retry-after`` header with this value.
         self.retry_after = retry_after
+        #: The arguments of the call an openai chat answers with when its tool_choice names a function.
+        self.tool_arguments = '{"city": "Paris"}'
         #: Behaviours consumed one per request, before falling back to ``behaviour``.
         self.next_behaviours: list[str] = []
         self.requests: list[dict[str, Any]] = []
@@ -450,7 +452,16 @@ class _Handler(BaseHTTPRequestHandler):
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = self._model()
         text = self.fake.reply_text
+        # A tool_choice naming a function is answered with a call to it, as OpenAI does.
+        forced = self._body.get("tool_choice")
+        call = None
+        if isinstance(forced, dict):
+            call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                    "function": {"name": forced["function"]["name"], "arguments": self.fake.tool_arguments}}
         if not self._stream_requested():
+            message = {"role": "assistant", "content": text}
+            if call:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
             self._send_json(
                 200,
                 {
@@ -462,9 +473,9 @@ class _Handler(BaseHTTPRequestHandler):
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
+                            "message": message,
                             "logprobs": None,
-                            "finish_reason": "stop",
+                            "finish_reason": "tool_calls" if call else "stop",
                         }
                     ],
                     "usage": self._usage_openai(),
@@ -485,9 +496,16 @@ class _Handler(BaseHTTPRequestHandler):
 
         self._start_stream("text/event-stream")
         self._write(chunk({"role": "assistant", "content": ""}, None))
-        for piece in _pieces(text):
-            self._write(chunk({"content": piece}, None))
-        self._write(chunk({}, "stop"))
+        if call:
+            head = {"index": 0, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            self._write(chunk({"tool_calls": [head]}, None))
+            for piece in _pieces(call["function"]["arguments"]):
+                self._write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None))
+        else:
+            for piece in _pieces(text):
+                self._write(chunk({"content": piece}, None))
+        self._write(chunk({}, "tool_calls" if call else "stop"))
         options = self._body.get("stream_options") or {}
         if isinstance(options, dict) and options.get("include_usage"):
             usage = {

@@ -291,6 +291,8 @@ class LocalEngine:
         processors = []
         if forbid_eos:
             processors.append(_forbid_eos(self._ends, request.min_tokens))
+        if request.constraint is not None:  # a fresh matcher for each (re)insertion
+            processors.append(request.constraint.processor())
         cached = len(prompt) - len(rest)
         (uid,) = generator.insert(
             [rest],

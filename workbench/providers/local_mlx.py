@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workbench.errors import Busy, InputError
 from workbench.models.loading import load_resolved
 from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
 from workbench.providers.engine import LocalEngine
+from workbench.providers.grammar import GrammarCompiler, format_grammar, lark_grammar
 from workbench.providers.params import GenerateParams, SamplingParams
 from workbench.providers.streams import EngineFull, GenerationRequest, GenerationStream, TokenScore
+from workbench.providers.tools import Tool, forced_call_lark, parse_tool_calls, template_tools
 from workbench.settings import Settings
 
 NAME = "local_mlx"
@@ -25,6 +27,14 @@ class LoadedModel:
     context_length: int
     loaded_at: float = field(default_factory=time.time)
     vocab_size: int = 0  # token ids below it are the tokenizer's (a token-id prompt is checked)
+    _grammar: GrammarCompiler | None = None
+
+    @property
+    def grammar(self) -> GrammarCompiler:
+        """llguidance's view of the tokenizer, made on the first constrained request."""
+        if self._grammar is None:
+            self._grammar = GrammarCompiler(self.engine.tokenizer)
+        return self._grammar
 
 
 @dataclass
@@ -45,6 +55,7 @@ class GenerationResult:
     logprobs: list[dict] | None = None
     prompt_logprobs: list[dict] | None = None
     prompt_text: str | None = None  # the prompt as text, with echo (a token-id prompt decoded)
+    tool_calls: list[dict] | None = None
 
 
 @dataclass
@@ -53,13 +64,19 @@ class PreparedRequest:
     request: GenerationRequest
     warnings: list[str]
     started: float = field(default_factory=time.perf_counter)
+    tools: list[Tool] | None = None  # the calls to read back from the answer
 
     def result(self, stream: GenerationStream, prompt: str | None = None) -> GenerationResult:
         done = stream.result
         assert done is not None, "read the stream to its end first"
+        text, finish, calls = done.text, done.finish_reason, None
+        if self.tools:
+            text, calls = parse_tool_calls(text, self.loaded.engine.tokenizer, self.tools)
+            finish = "tool_calls" if calls and finish == "stop" else finish
         return GenerationResult(
-            generated_text=done.text,
-            finish_reason=done.finish_reason,
+            generated_text=text,
+            finish_reason=finish,
+            tool_calls=calls or None,
             prompt_tokens=done.prompt_tokens,
             completion_tokens=done.completion_tokens,
             model=self.loaded.resolved.name,
@@ -139,11 +156,12 @@ class LocalMLX:
     def prepare(self, params: SamplingParams, *, prompt: str | None = None,
                 messages: list | None = None) -> PreparedRequest:
         loaded = self.model(params.model)
+        tools = self._tools(loaded, params)
         prompt_tokens = getattr(params, "prompt_tokens", None)
         if prompt_tokens is not None:
             tokens = self._checked_tokens(loaded, prompt_tokens)
         else:
-            tokens = self._tokens(loaded, prompt, messages)
+            tokens = self._tokens(loaded, prompt, messages, tools)
         if not tokens:
             raise InputError("prompt", "the prompt encodes to no tokens")
         room = loaded.context_length - len(tokens)
@@ -168,7 +186,11 @@ class LocalMLX:
             echo=getattr(params, "echo", False),
             seed=getattr(params, "seed", None),
         )
-        return PreparedRequest(loaded, request, warnings)
+        constraint = self._constraint(loaded, params, tools)
+        if constraint is not None:
+            # The grammar decides where the answer ends (eos only once it is complete).
+            request = replace(request, constraint=constraint, min_tokens=0)
+        return PreparedRequest(loaded, request, warnings, tools=tools)
 
     @staticmethod
     def _checked_tokens(loaded: LoadedModel, tokens: list[int]) -> list[int]:
@@ -180,7 +202,30 @@ class LocalMLX:
         return list(tokens)
 
     @staticmethod
-    def _tokens(loaded: LoadedModel, prompt: str | None, messages: list | None) -> list[int]:
+    def _tools(loaded: LoadedModel, params: SamplingParams) -> list[Tool] | None:
+        """The tools the model is shown and whose calls are read back (none for tool_choice none)."""
+        tools = getattr(params, "tools", None)
+        if not tools or getattr(params, "tool_choice", None) == "none":
+            return None
+        if not loaded.engine.tokenizer.has_tool_calling:
+            raise InputError("tools", f"the chat template of {loaded.resolved.name!r} has no tool format "
+                             "that mlx-lm can parse calls from")
+        return tools
+
+    @staticmethod
+    def _constraint(loaded: LoadedModel, params: SamplingParams, tools: list[Tool] | None):
+        """The grammar the answer is decoded under: a forced tool call, else the response_format."""
+        tokenizer = loaded.engine.tokenizer
+        forced = tools and forced_call_lark(tools, getattr(params, "tool_choice", None),
+                                            tokenizer.tool_call_start, tokenizer.tool_call_end)
+        if forced:
+            return loaded.grammar.constraint(lark_grammar(forced), "tools")
+        grammar = format_grammar(getattr(params, "response_format", None))
+        return None if grammar is None else loaded.grammar.constraint(grammar, "response_format")
+
+    @staticmethod
+    def _tokens(loaded: LoadedModel, prompt: str | None, messages: list | None,
+                tools: list[Tool] | None = None) -> list[int]:
         """The request's tokens. What the tokenizer or the chat template refuses is the request's
         own error (a 4xx), never the model's failure: taken for one, it cooled local_mlx down and
         every client got 503."""
@@ -188,8 +233,9 @@ class LocalMLX:
         field = "messages" if messages is not None else "prompt"
         try:
             if messages is not None:
-                chat = [m.model_dump() for m in messages]
-                return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+                chat = [m.template_dict() for m in messages]
+                extra = {"tools": template_tools(tools)} if tools else {}
+                return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, **extra))
             return list(tokenizer.encode(prompt))
         except Exception as exc:
             why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -6,6 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workbench.errors import InputError
+from workbench.providers.grammar import ResponseFormat
+from workbench.providers.tools import (
+    MAX_TOOLS,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    check_tool_choice,
+    template_message,
+)
+
 # Bounds checked by pydantic, before any tokenizing: a 10 MB prompt took 9 s to refuse once it was
 # tokenized, and four 10 MB stop strings stalled the shared engine for 11 s. They are declared in the
 # OpenAPI schema, so a client generated from it knows them.
@@ -28,8 +39,25 @@ ProviderName = Literal["openai", "anthropic", "together", "ollama", "local_mlx"]
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_PROMPT_CHARS)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS,
+                                description="May be null only on an assistant message with tool_calls.")
+    # An agent loop's turns (tools.py): the calls an assistant made, and a tool's answer to one.
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _content_or_calls(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (null only beside tool_calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
+
+    def template_dict(self) -> dict:
+        """The message as chat templates read it."""
+        return template_message(self.model_dump(exclude_none=True) | {"content": self.content})
 
 
 class SamplingParams(BaseModel):
@@ -99,13 +127,30 @@ class GenerateParams(SamplingParams):
         description="Answer each generated token's log-probability and this many most likely "
         f"alternatives (0 to {MAX_TOP_LOGPROBS}; local models only).",
     )
+    response_format: ResponseFormat | None = Field(
+        default=None, description="OpenAI's: text, json_object or json_schema; the local engine enforces "
+        "JSON by constrained decoding."
+    )
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS,
+                                     description="Functions the model may call (with messages only).")
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="auto, none, required, or {type: function, function: {name}}: the last "
+        "two force a call, decoded under the function's parameter schema."
+    )
+
+    def check_tools(self) -> None:
+        """The tools and tool_choice fit together (else a 400 naming the field); asked before any
+        provider is, so a remote one is never blamed for the request's mistake."""
+        if self.tools and self.messages is None:
+            raise InputError("tools", "tools need messages (a chat), not a prompt")
+        check_tool_choice(self.tools, self.tool_choice)
 
     @model_validator(mode="after")
     def _prompt_or_messages(self):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt or messages")
         if self.messages is not None:
-            total = sum(len(m.content) for m in self.messages)
+            total = sum(len(m.content or "") for m in self.messages)
             if total > MAX_PROMPT_CHARS:
                 raise ValueError(f"messages hold {total} characters; at most {MAX_PROMPT_CHARS}")
         return self

@@ -25,6 +25,7 @@ from workbench.providers.local_mlx import GenerationResult, LocalMLX
 from workbench.providers.params import GenerateParams
 from workbench.providers.secrets import mask_key, redactor
 from workbench.providers.store import ProviderConfig, ProviderStore
+from workbench.providers.tools import ToolCallDeltas, remote_tool_calls, remote_tool_options
 from workbench.schemas import GenerateResponse
 from workbench.settings import Settings
 
@@ -170,6 +171,8 @@ class ProviderRouter:
     def complete_many(self, requests: list[GenerateParams]) -> list[GenerationResult]:
         """Several at once. Those all for local_mlx go to its engine together (one batch, their
         prompts scored in one pass); otherwise each walks the chain on a thread of its own."""
+        for params in requests:
+            params.check_tools()  # the request's mistake, found before any provider is asked
         if all(p.provider == LOCAL for p in requests):
             attempts: list[Attempt] = []
             started = time.perf_counter()
@@ -191,6 +194,7 @@ class ProviderRouter:
         usage = getattr(response, "usage", None)
         return GenerationResult(
             generated_text=choice.message.content or "",
+            tool_calls=remote_tool_calls(getattr(choice.message, "tool_calls", None)),
             finish_reason=choice.finish_reason or "stop",
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
@@ -232,11 +236,13 @@ class ProviderRouter:
 
     def _remote_stream(self, name, call, params, first, chunks, attempts) -> ProviderStream:
         parts, state = [], {"finish_reason": "stop", "usage": None}
+        calls = ToolCallDeltas()
 
         def pieces():
             for chunk in itertools.chain([first] if first is not None else [], chunks):
                 choice = chunk.choices[0] if chunk.choices else None
                 text = (choice.delta.content if choice and choice.delta else None) or ""
+                calls.add(getattr(choice.delta, "tool_calls", None) if choice and choice.delta else None)
                 if choice and choice.finish_reason:
                     state["finish_reason"] = choice.finish_reason
                 if getattr(chunk, "usage", None):
@@ -249,6 +255,7 @@ class ProviderRouter:
             usage = state["usage"]
             return GenerationResult(
                 generated_text="".join(parts), finish_reason=state["finish_reason"],
+                tool_calls=calls.whole(),
                 prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                 completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                 model=call.model, model_path=f"{name}:{call.model}", provider_used=name, prompt=params.prompt,
@@ -275,6 +282,7 @@ class ProviderRouter:
         self.health[name].last_success = time.time()
 
     def _usable_chain(self, params: GenerateParams) -> list[str]:
+        params.check_tools()
         if params.provider and not self.configured(params.provider):
             raise InputError(
                 "provider", f"{params.provider} is not configured: POST /providers/configure first"
@@ -304,8 +312,9 @@ class ProviderRouter:
             warnings.append(f"logprobs are answered by local models only; {name} answered text alone")
         if getattr(params, "prompt_tokens", None) is not None or getattr(params, "echo", False):
             raise InputError("prompt", f"token-id prompts and echo are for local models; {name} takes text")
+        kwargs |= remote_tool_options(params)
         if params.messages is not None:
-            messages = [m.model_dump() for m in params.messages]
+            messages = [m.model_dump(exclude_none=True) | {"content": m.content} for m in params.messages]
         else:
             messages = [{"role": "user", "content": params.prompt}]
         return _Call(self.store.configs[name]["model"], messages, kwargs, warnings)

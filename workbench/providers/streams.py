@@ -23,6 +23,8 @@ class GenerationRequest:
     logprobs: int | None = None
     echo: bool = False
     seed: int | None = None  # a sampler of its own, seeded: the same seed gives the same text
+    # Constrained decoding (grammar.py): anything with `processor()` giving a logits processor.
+    constraint: object | None = None
 
 
 @dataclass
