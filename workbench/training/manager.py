@@ -77,6 +77,7 @@ class JobManager:
             raise InputError("eval_provider", f"{config.eval_provider} is not configured: POST "
                              "/providers/configure first, or use local_mlx")
         summary = (examples := prepare(config, self.settings)).summary  # kept with the job, for its worker
+        config.check_format(summary.format)
         if config.batch_size > summary.train_rows:
             raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
                              f"rows of {summary.source} (after validation_split {config.validation_split})")
