@@ -62,14 +62,18 @@ def test_dpo_reports_rewards_every_step_and_its_margin_grows(settings, models_di
 
 
 def test_orpo_trains_a_few_steps_with_rewards(settings, models_dir, tmp_path):
-    outcome, reporter = train(config("orpo", beta=0.5), settings, models_dir, tmp_path / "run")
+    # 30 held-out pairs in 6 batches of 5: each evaluation scores all of them.
+    cfg = config("orpo", beta=0.5, batch_size=5, validation_split=0.1, eval_steps=1, eval_batches=6,
+                 max_steps=4)
+    outcome, reporter = train(cfg, settings, models_dir, tmp_path / "run")
 
     assert outcome.status == "completed"
-    losses = [metrics["loss"] for _, metrics in reporter.steps]
-    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert all(math.isfinite(metrics["loss"]) for _, metrics in reporter.steps)
     for _, metrics in reporter.steps:
         assert 0.0 <= metrics["reward_accuracy"] <= 1.0
         assert metrics["chosen_reward"] < 0 and metrics["rejected_reward"] < 0  # λ · mean log-probability
+    held_out = [metrics["eval_loss"] for _, metrics in reporter.evaluations]
+    assert len(held_out) == 4 and held_out[-1] < held_out[0]
 
 
 def test_a_stopped_dpo_run_resumed_repeats_the_uninterrupted_one(settings, models_dir, tmp_path):

@@ -223,8 +223,8 @@ def detect_format(row: Any) -> str:
         return "text"
     raise BadRow(
         f"cannot tell the format from the keys {_keys(row)}: expected 'messages' (chat), 'conversations' "
-        "(sharegpt), 'instruction' and 'output' (alpaca), 'prompt' and 'completion' (completions), 'text', or "
-        "'chosen' and 'rejected' (preference)"
+        "(sharegpt), 'instruction' and 'output' (alpaca), 'prompt' and 'completion' (completions), 'text', "
+        "or 'chosen' and 'rejected' (preference)"
     )
 
 

@@ -341,7 +341,8 @@ class TrainingRun:
         self.reporter.phase("evaluating", f"validation loss at step {step}")
         val_loss = evaluate(model, valid, batch_size=min(cfg.batch_size, len(valid)),
                             num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length,
-                            **self._evaluation(partial(batching.validation_batches, seed=cfg.seed, step=step)))
+                            **self._evaluation(partial(batching.validation_batches, seed=cfg.seed,
+                                                       step=step)))
         model.train()
         if not math.isfinite(val_loss):
             raise LossNotFinite("the validation loss", step, val_loss)
@@ -387,7 +388,8 @@ class TrainingRun:
             tic = time.perf_counter()
             weighted, counts, mine, grads, added = [], [], [], None, mx.zeros(len(preference.SUMS))
             for micro, batch in enumerate(micro_batches, 1):
-                loss, tokens, own, grads, sums = step(batch.arrays, grads, micro == cfg.gradient_accumulation_steps)
+                last = micro == cfg.gradient_accumulation_steps
+                loss, tokens, own, grads, sums = step(batch.arrays, grads, last)
                 weighted.append(loss * tokens)
                 counts.append(tokens)
                 if sums:  # a preference step: its trained tokens are in its sums, not in `own` (pairs)
