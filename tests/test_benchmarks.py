@@ -74,3 +74,17 @@ def test_evaluation_benchmark_prints_items_per_second_against_mlx_lm_evaluate(mo
         assert measure in done.stdout
     assert "metrics equal: NO" not in done.stdout
     assert "cpu: " in done.stdout
+
+
+def test_preference_benchmark_prints_dpo_against_lora_and_mlx_lm_lora(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/preference.py", "--quick", "--models", models_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for measure in ("tiny: DPO tokens/s against LoRA SFT (ours both)", "tiny: DPO tokens/s against mlx-lm-lora's DPO",
+                    "tiny: DPO peak memory against LoRA SFT"):
+        assert measure in done.stdout
+    # Both trainers start from the base itself as the reference: their first DPO loss is log 2.
+    assert "losses ours [0.6931," in done.stdout and "mlx-lm-lora [0.6931," in done.stdout
+    assert "cpu: " in done.stdout
