@@ -3,6 +3,7 @@ DPO's reference, and the preference format's rows read and refused."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import mlx.core as mx
@@ -131,3 +132,19 @@ def test_preference_rows_read_as_text_messages_or_conversational_answers():
 def test_a_preference_row_is_refused_with_what_is_wrong(row, problem):
     with pytest.raises(BadRow, match=problem):
         convert_row(row, "preference")
+
+
+def test_a_preference_set_is_read_through_datasets_with_conversational_answers(settings):
+    from workbench.data import DataSpec, prepare
+
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."}],
+             "chosen": [{"role": "assistant", "content": f"{i}."}],
+             "rejected": [{"role": "assistant", "content": "No."}]} for i in range(10)]
+    folder = settings.home_dir / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prefs.json").write_text(json.dumps(rows))  # a .json file goes through `datasets`
+
+    examples = prepare(DataSpec(dataset="mine", dataset_path="prefs.json", validation_split=0.2), settings)
+
+    assert examples.summary.format == "preference" and examples.summary.train_rows == 8
+    assert all(row["rejected"] == "No." and row["messages"][0]["role"] == "user" for row in examples.train)
