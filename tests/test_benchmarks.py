@@ -99,3 +99,17 @@ def test_constrained_benchmark_prints_each_library_against_unconstrained(models_
     for library in ("llguidance", "xgrammar", "outlines-core"):
         assert f"batch 4: {library} JSON schema, ms per token" in done.stdout
     assert re.search(r"tiny batch 1: llguidance bounded schema, valid JSON answers *\| 1/1", done.stdout)
+
+
+def test_preference_benchmark_prints_dpo_against_lora_and_mlx_lm_lora(models_dir):
+    done = subprocess.run(
+        [sys.executable, "bench/preference.py", "--quick", "--models", models_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for measure in ("tiny: DPO tokens/s against LoRA SFT (ours both)", "tiny: DPO tokens/s against mlx-lm-lora's DPO",
+                    "tiny: DPO peak memory against LoRA SFT"):
+        assert measure in done.stdout
+    # Both trainers start from the base itself as the reference: their first DPO loss is log 2.
+    assert "losses ours [0.6931," in done.stdout and "mlx-lm-lora [0.6931," in done.stdout
+    assert "cpu: " in done.stdout

@@ -16,6 +16,7 @@ EXPECTED = {
     "04_evaluate_providers.ipynb",
     "05_service.ipynb",
     "06_evaluate.ipynb",
+    "07_preference.ipynb",
 }
 
 
@@ -23,7 +24,7 @@ def _load(name: str) -> dict:
     return json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
 
 
-def test_the_notebooks_are_the_six_documented():
+def test_the_notebooks_are_the_seven_documented():
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == EXPECTED
 
 

@@ -208,7 +208,7 @@ def test_dataset_panel_previews_rows_as_the_model_sees_them(workbench, settings)
 def test_training_form_shows_errors_beside_fields_and_starts_nothing(workbench):
     panel = TrainingPanel(workbench, batch_size=0)
     assert panel.fields["training_type"].widget.options == (("sft", "sft"), ("lora", "lora"), ("qlora", "qlora"),
-                                                               ("dora", "dora"))
+                                                               ("dora", "dora"), ("dpo", "dpo"), ("orpo", "orpo"))
     assert panel.fields["max_steps"].widget.tooltip.startswith("Stop after this many steps")  # the description
     assert panel.fields["lr_schedule"].get() == "cosine" and panel.fields["max_steps"].get() is None
     panel.start_button.click()
@@ -224,7 +224,7 @@ def test_training_form_shows_errors_beside_fields_and_starts_nothing(workbench):
     # The model's own checks, and the workbench's (a missing file), land beside their fields too.
     panel.set_values(experiment_name="bad", batch_size=2, quantization="int8")
     panel.start_button.click()
-    assert "quantization applies to training_type qlora and dora only" in panel.message.value
+    assert "quantization applies to training_type qlora, dora, dpo and orpo only" in panel.message.value
     assert panel.form.errors() == {}
     panel.set_values(quantization=None, dataset_path="missing.jsonl")
     panel.start_button.click()

@@ -1,4 +1,5 @@
-"""Row formats: alpaca, sharegpt, chat, completions and text, turned into what mlx-lm's datasets take.
+"""Row formats: alpaca, sharegpt, chat, completions, text and preference, turned into what mlx-lm's
+datasets take (preference rows: workbench/data/preference.py).
 
 alpaca, sharegpt and chat rows become chat messages, `{"messages": [{"role", "content"}, ...]}`, which
 mlx-lm's ChatDataset renders with the model's chat template; completions rows stay
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-FORMATS = ("alpaca", "sharegpt", "chat", "completions", "text")
+FORMATS = ("alpaca", "sharegpt", "chat", "completions", "text", "preference")
 CHAT_FORMATS = ("alpaca", "sharegpt", "chat")  # rows that become chat messages
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -180,6 +181,10 @@ def to_messages(row: Mapping, fmt: str) -> Messages | None:
     if fmt == "text":
         text_row(row)
         return None
+    if fmt == "preference":
+        from workbench.data.preference import conversation, preference_row
+
+        return conversation(preference_row(row))
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -194,12 +199,18 @@ def convert_row(row: Mapping, fmt: str) -> dict[str, Any]:
         return completions_row(row)
     if fmt == "text":
         return text_row(row)
+    if fmt == "preference":
+        from workbench.data.preference import preference_row
+
+        return preference_row(row)
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 def detect_format(row: Any) -> str:
     """The format of a data set, from the keys of its first row; raises BadRow when none fits."""
     row = _mapping(row)
+    if "chosen" in row and "rejected" in row:
+        return "preference"
     if "messages" in row:
         return "chat"
     if "conversations" in row:
@@ -212,7 +223,8 @@ def detect_format(row: Any) -> str:
         return "text"
     raise BadRow(
         f"cannot tell the format from the keys {_keys(row)}: expected 'messages' (chat), 'conversations' "
-        "(sharegpt), 'instruction' and 'output' (alpaca), 'prompt' and 'completion' (completions) or 'text'"
+        "(sharegpt), 'instruction' and 'output' (alpaca), 'prompt' and 'completion' (completions), 'text', "
+        "or 'chosen' and 'rejected' (preference)"
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.data.formats import CHAT_FORMATS, MalformedRow, convert_rows, to_messages
+from workbench.data.preference import PairDataset, conversation
 from workbench.data.sources import LoadedRows, load_rows
 from workbench.data.spec import DataSpec
 from workbench.errors import InputError
@@ -191,21 +192,27 @@ def _mlx_dataset(examples: list[dict], fmt: str, tokenizer, mask_prompt: bool):
     """
     from mlx_lm.tuner.datasets import ChatDataset, CompletionsDataset, TextDataset
 
-    if fmt in CHAT_FORMATS:
+    if fmt == "preference":  # trained as SFT, and previewed: the prompt and the chosen answer
+        examples = [{"messages": conversation(row)} for row in examples]
+    if fmt in CHAT_FORMATS or fmt == "preference":
         return ChatDataset(examples, tokenizer, chat_key="messages", mask_prompt=mask_prompt)
     if fmt == "completions":
         return CompletionsDataset(examples, tokenizer, "prompt", "completion", mask_prompt)
     return TextDataset(examples, tokenizer, text_key="text")
 
 
-def tokenize(examples: Examples, spec: DataSpec, tokenizer) -> PreparedData:
+def tokenize(examples: Examples, spec: DataSpec, tokenizer, pairs: bool = False) -> PreparedData:
     """Train and valid sets of (tokens, offset) items, tokenised lazily and cached (mlx-lm's CacheDataset).
 
     Items are cut to max_seq_length tokens. `valid` and `test` are None when they hold no rows.
+    With `pairs` (DPO, ORPO), preference rows become pairs of such items, chosen then rejected
+    (workbench/data/preference.py).
     """
     from mlx_lm.tuner.datasets import CacheDataset
 
     def wrap(rows: list[dict]):
+        if pairs:
+            return PairDataset(rows, tokenizer, spec.max_seq_length)
         data = _mlx_dataset(rows, examples.summary.format, tokenizer, spec.mask_prompt)
         return CacheDataset(_Truncated(data, spec.max_seq_length))
 

@@ -9,8 +9,9 @@
   `settings.dataset_roots`. A folder holding `train.jsonl` is read in mlx-lm's layout, and its
   `valid.jsonl`, when there, is the validation set (no rows are then held out of train); any other
   folder goes to `datasets.load_dataset(folder, split="train")`.
-* else `dataset` is `alpaca`, `sharegpt`, `custom` or `zorbish`: the samples shipped in
-  workbench/data/samples/ (custom and zorbish are the chat format, {"messages": [...]});
+* else `dataset` is `alpaca`, `sharegpt`, `custom`, `zorbish` or `preference`: the samples shipped in
+  workbench/data/samples/ (custom and zorbish are the chat format, {"messages": [...]}; preference
+  holds {"prompt", "chosen", "rejected"} rows, workbench/data/preference.py);
 * else `dataset` is a path (absolute, starting with `.` or `~`, or an existing name under
   `<home>/datasets`): read as `dataset_path` would be, under the same allowed roots;
 * else `dataset` is a Hugging Face dataset id, loaded with `datasets.load_dataset(id, split="train")`.
@@ -44,7 +45,8 @@ from workbench.errors import InputError
 from workbench.settings import Settings
 
 # shipped name → its format
-SAMPLES = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "chat", "zorbish": "chat"}
+SAMPLES = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "chat", "zorbish": "chat",
+           "preference": "preference"}
 PATH_HINTS = {"alpaca": "alpaca", "sharegpt": "sharegpt", "custom": "auto"}  # `dataset` beside a path
 BUILDERS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}  # read through `datasets`
 SUFFIXES = (".jsonl", *BUILDERS)

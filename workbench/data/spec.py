@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 # Bound of the seed: the worker hands it to MLX, whose seed is a uint64.
 MAX_SEED = 2**64 - 1
 
-DatasetFormat = Literal["auto", "alpaca", "sharegpt", "chat", "completions", "text"]
+DatasetFormat = Literal["auto", "alpaca", "sharegpt", "chat", "completions", "text", "preference"]
 
 
 class DataSpec(BaseModel):

@@ -75,12 +75,16 @@ class DataOrder:
 
     def __init__(self, dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int,
                  group_by_length: bool = True, packing: bool = False, position: dict | None = None,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), collate=None, length=None):
         self.dataset, self.batch_size, self.max_seq_length = dataset, batch_size, max_seq_length
         self.seed, self.packing = seed, packing
         # (rank, ranks): every rank walks the same global order and takes its slice of each batch.
         self.shard = shard
-        self.lengths = [len(dataset[i][0]) for i in range(len(dataset))]
+        # How items become a batch and what grouping sorts them by: rows by default; preference
+        # pairs bring their own (workbench/training/preference.py).
+        self.collate = collate or padded_batch
+        length = length or (lambda item: len(item[0]))
+        self.lengths = [length(dataset[i]) for i in range(len(dataset))]
         if not packing:
             # As mlx-lm: rows sorted by length (or kept in order) and cut into fixed batches, whose
             # order each epoch shuffles; the last incomplete batch is left out.
@@ -132,7 +136,7 @@ class DataOrder:
             chosen = chosen[rank * share:(rank + 1) * share]
         if self.packing:
             return _packed_batch([[self.dataset[i] for i in seq] for seq in chosen], self.max_seq_length)
-        return padded_batch([self.dataset[i] for i in chosen], self.max_seq_length)
+        return self.collate([self.dataset[i] for i in chosen], self.max_seq_length)
 
 
 def batches(dataset: CacheDataset, batch_size: int, max_seq_length: int, seed: int,

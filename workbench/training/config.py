@@ -33,13 +33,14 @@ LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_STEPS = 10_000_000
 
-TrainingType = Literal["sft", "lora", "qlora", "dora"]
+TrainingType = Literal["sft", "lora", "qlora", "dora", "dpo", "orpo"]
 # The optimizers of mlx.optimizers a run may train with (workbench/training/optimizers.py).
 OptimizerName = Literal["adamw", "adam", "sgd", "adafactor", "muon"]
 # Where a run also reports its metrics (workbench/training/trackers.py).
 TrackerName = Literal["tensorboard", "mlflow", "wandb"]
 SettingName = Annotated[str, StringConstraints(max_length=64)]
 SettingPair = Annotated[list[float], Field(max_length=4)]  # betas, adafactor's eps
+PREFERENCE_TYPES = ("dpo", "orpo")  # trained on preference pairs (workbench/training/preference.py)
 
 
 class TrainingTarget(BaseModel):
@@ -56,8 +57,8 @@ class TrainingTarget(BaseModel):
         default=None, min_length=1, description="Base model: name, alias or folder (else the default)."
     )
     training_type: TrainingType = Field(
-        description="sft (all weights), lora, qlora (LoRA over a 4-bit base), or dora (weight-decomposed "
-        "LoRA; over a quantized base when quantization is set)."
+        description="sft (all weights), lora, qlora (LoRA over a 4-bit base), dora (weight-decomposed "
+        "LoRA), or dpo / orpo (LoRA on preference pairs: dataset_format preference)."
     )
 
     @field_validator("experiment_name")
@@ -149,8 +150,20 @@ class TrainingConfig(DataSpec, TrainingTarget):
                     "(self_attn.q_proj); default: every linear layer of the block, as mlx-lm does.",
     )
     quantization: Literal["int4", "int8"] | None = Field(
-        default=None, description="QLoRA's base: int4 (default for qlora) or int8; dora trains over a "
-        "base quantized so when it is set."
+        default=None, description="QLoRA's base: int4 (default for qlora) or int8; dora, dpo and orpo "
+        "train over a base quantized so when it is set."
+    )
+
+    # Preference (dpo, orpo) ---------------------------------------------------------------------
+    beta: float = Field(
+        default=0.1, gt=0, le=100.0,
+        description="dpo: the KL strength β (rewards are β times the log-ratio against the base); orpo: "
+        "the weight λ of the odds-ratio term (mlx-lm-lora and TRL call both beta).",
+    )
+    dpo_loss: Literal["sigmoid", "hinge", "ipo"] = Field(
+        default="sigmoid",
+        description="dpo's loss: sigmoid (the DPO paper's), hinge (SLiC), or ipo (squared, on per-token "
+        "mean log-ratios).",
     )
 
     # Evaluation and checkpoints -----------------------------------------------------------------
@@ -206,10 +219,13 @@ class TrainingConfig(DataSpec, TrainingTarget):
             raise ValueError("eval_limit applies with eval_tasks only")
         if self.hostfile and len(self.hosts) > 1:
             raise ValueError("hosts: a hostfile lists the hosts itself: name it alone")
-        if self.quantization and self.training_type not in ("qlora", "dora"):
-            raise ValueError("quantization applies to training_type qlora and dora only")
+        if self.quantization and self.training_type not in ("qlora", "dora", *PREFERENCE_TYPES):
+            raise ValueError("quantization applies to training_type qlora, dora, dpo and orpo only")
         if self.lora_targets and self.training_type == "sft":
-            raise ValueError("lora_targets applies to training_type lora, qlora and dora only")
+            raise ValueError("lora_targets applies to the LoRA-based training types, not sft")
+        if self.packing and self.training_type in PREFERENCE_TYPES:
+            raise ValueError(f"packing does not apply to {self.training_type}: a chosen and a rejected "
+                             "answer are scored as a pair of rows, never packed")
         if self.training_type == "qlora" and self.quantization is None:
             self.quantization = "int4"
         if self.report_to:
@@ -225,6 +241,18 @@ class TrainingConfig(DataSpec, TrainingTarget):
             raise InputError("early_stopping_patience", why)
         if self.select_checkpoint == "best":
             raise InputError("select_checkpoint", why)
+
+    def check_format(self, fmt: str) -> None:
+        """Refuse, at submission, preference training on rows that hold no preferences."""
+        if self.training_type in PREFERENCE_TYPES and fmt != "preference":
+            raise InputError(self.error_field, f"{self.training_type} trains on preference rows (a prompt or "
+                             f"messages, then 'chosen' and 'rejected'); these rows are {fmt}: use "
+                             "dataset_format preference, or the shipped sample 'preference'")
+
+    @property
+    def preference(self) -> bool:
+        """Whether the run trains on preference pairs (dpo, orpo)."""
+        return self.training_type in PREFERENCE_TYPES
 
     def selects_best(self, has_validation: bool) -> bool:
         """Whether the published adapter holds the best evaluation's weights rather than the last."""

@@ -32,6 +32,8 @@ def held_out(examples: list[dict], count: int) -> list[tuple[list[dict], str]]:
     pairs = []
     for example in examples:
         messages = example.get("messages") or []
+        if "chosen" in example:  # a preference row (dpo, orpo): its chosen answer is the reference
+            messages = [*messages, {"role": "assistant", "content": example["chosen"]}]
         if len(messages) >= 2 and messages[-1]["role"] == "assistant":
             pairs.append((messages[:-1], messages[-1]["content"]))
         if len(pairs) == count:

@@ -81,6 +81,7 @@ class JobManager:
         optimizers.check(config)
         trackers.check(config.report_to)
         summary = (examples := prepare(config, self.settings)).summary  # kept with the job, for its worker
+        config.check_format(summary.format)
         if config.batch_size > summary.train_rows:
             raise InputError("batch_size", f"{config.batch_size} exceeds the {summary.train_rows} training "
                              f"rows of {summary.source} (after validation_split {config.validation_split})")

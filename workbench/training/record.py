@@ -50,6 +50,14 @@ class Measures(BaseModel):
                                            "padding included.")
     peak_memory_mb: float | None = Field(default=None, description="MLX's peak memory since training "
                                          "started.")
+    # dpo / orpo (workbench/training/preference.py): means over the step's pairs.
+    reward_accuracy: float | None = Field(default=None, description="dpo, orpo: share of pairs whose chosen "
+                                          "reward exceeds the rejected one's.")
+    reward_margin: float | None = Field(default=None, description="dpo, orpo: mean chosen reward minus "
+                                        "rejected reward.")
+    chosen_reward: float | None = Field(default=None, description="dpo: mean β·(log π - log π_ref) of the "
+                                        "chosen answers; orpo: λ times their mean token log-probability.")
+    rejected_reward: float | None = Field(default=None, description="The same for the rejected answers.")
 
 
 METRICS = tuple(Measures.model_fields)

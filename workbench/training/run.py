@@ -1,4 +1,5 @@
-"""One training run on mlx-lm's tuner pieces: full-parameter SFT, LoRA, QLoRA, or DoRA.
+"""One training run on mlx-lm's tuner pieces: full-parameter SFT, LoRA, QLoRA, DoRA, or DPO / ORPO
+on preference pairs (LoRA-based; their losses and batches: preference.py).
 
 mlx-lm's own `train()` saves adapters only, does not seed its batch order and can only be stopped by
 raising from a callback; this loop uses the same pieces (`linear_to_lora_layers`, `default_loss`,
@@ -28,7 +29,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from workbench.data import Examples, tokenize
 from workbench.errors import InputError
 from workbench.models import adapters
-from workbench.training import batching, checkpoint, fastmath, faults, losses, optimizers, policy
+from workbench.training import batching, checkpoint, fastmath, faults, losses, optimizers, policy, preference
 from workbench.training.config import TrainingConfig
 from workbench.training.distributed import Ranks
 from workbench.training.reporter import Reporter
@@ -90,8 +91,8 @@ class TrainingRun:
         if cfg.training_type == "sft" and already_quantized:
             raise InputError("training_type", "sft cannot train a quantized model's weights; use qlora")
         if cfg.quantization_bits and not already_quantized:
-            # QLoRA's base, or DoRA's when quantization is set: quantized from the stored weights, before
-            # any cast (a cast first would only be thrown away).
+            # The base of qlora, or of dora, dpo or orpo when quantization is set: quantized from the
+            # stored weights, before any cast (a cast first would only be thrown away).
             nn.quantize(model, group_size=64, bits=cfg.quantization_bits)
         switched = policy.prepare(model, self.policy)
         if switched:
@@ -197,8 +198,8 @@ class TrainingRun:
         self._calibrate(model)
 
         self.reporter.phase("loading_data", f"preparing {cfg.dataset_path or cfg.dataset}")
-        data = tokenize(self.examples, cfg, tokenizer)
-        train, skipped = batching.trainable(data.train)
+        data = tokenize(self.examples, cfg, tokenizer, pairs=cfg.preference)
+        train, skipped = (preference.trainable if cfg.preference else batching.trainable)(data.train)
         if skipped:
             self.reporter.note(f"{skipped} of {len(data.train)} training rows are left out: their "
                                f"prompt fills max_seq_length ({cfg.max_seq_length}): nothing to learn",
@@ -210,8 +211,7 @@ class TrainingRun:
         total = self.total_steps(len(train))
         optimizer = self.optimizer(total)
 
-        start, order = 0, batching.DataOrder(train, cfg.batch_size, cfg.max_seq_length, cfg.seed,
-                                             cfg.group_by_length, cfg.packing, shard=self._shard())
+        start, order = 0, self._order(train)
         saved = checkpoint.load_latest(self.run_dir / "checkpoints") if resume else None
         if saved is not None:
             model.load_weights(list(saved.weights.items()), strict=False)
@@ -262,18 +262,43 @@ class TrainingRun:
         self.reporter.phase("evaluating", f"test loss over {len(test)} rows")
         test_loss = evaluate(model, test, batch_size=min(cfg.batch_size, len(test)),
                              num_batches=-1 if self.ranks.lead else 0, max_seq_length=cfg.max_seq_length,
-                             iterate_batches=batching.every_batch)
+                             **self._evaluation(batching.every_batch))
         self.reporter.evaluation(step, {"test_loss": float(test_loss)})
 
     def _shard(self) -> tuple[int, int]:
         return self.ranks.rank, self.ranks.size
 
+    def _order(self, train, position: dict | None = None) -> batching.DataOrder:
+        """The training batches' order: of rows, or of preference pairs (never packed)."""
+        cfg = self.config
+        pairs = {"collate": preference.pair_batch, "length": preference.pair_length} if cfg.preference else {}
+        return batching.DataOrder(train, cfg.batch_size, cfg.max_seq_length, cfg.seed, cfg.group_by_length,
+                                  cfg.packing, position, shard=self._shard(), **pairs)
+
+    def _loss(self):
+        """The training loss: mlx-lm's cross-entropy (padded or packed), or DPO's or ORPO's."""
+        cfg = self.config
+        fast = "loss" in self.policy.fast_kernels
+        if cfg.preference:
+            return preference.loss_function(cfg.training_type, cfg.beta, cfg.dpo_loss,
+                                            losses.cross_entropy if fast else nn.losses.cross_entropy)
+        return losses.loss_function(cfg.packing, fast)
+
+    def _evaluation(self, batches):
+        """mlx-lm's `evaluate` arguments for a loss over held-out data: its loss and batches."""
+        if not self.config.preference:
+            return {"iterate_batches": batches}
+        loss = self._loss()
+        # The same draws as the rows' batches would take: every one, or the (seed, step) sample.
+        pairs = (preference.every_pair if batches is batching.every_batch
+                 else partial(preference.validation_pairs, **batches.keywords))
+        return {"loss": lambda model, *arrays: loss(model, *arrays)[:2], "iterate_batches": pairs}
+
     def _restore_randomness(self, saved: checkpoint.Checkpoint, train) -> batching.DataOrder:
         """The data order where the checkpoint left it, and dropout's generator as it was then."""
         cfg = self.config
         position = saved.extra.get("data_order")
-        order = batching.DataOrder(train, cfg.batch_size, cfg.max_seq_length, cfg.seed, cfg.group_by_length,
-                                   cfg.packing, position, shard=self._shard())
+        order = self._order(train, position)
         if position is None:  # a checkpoint from before the order's position was saved
             order.skip(saved.extra.get("batches_used", saved.step * cfg.gradient_accumulation_steps))
         key = saved.extra.get("random_key")
@@ -299,7 +324,7 @@ class TrainingRun:
                 if self.ranks.lead:
                     self.reporter.checkpoint(step, self._save(model, optimizer, step, batches))
                 return step, reason or "stopped"
-            loss, tokens, elapsed, counts, each_rank = one_step(batches)
+            loss, tokens, elapsed, counts, each_rank, rewards = one_step(batches)
             step += 1
             faults.reach("step", step)
             if not math.isfinite(loss):
@@ -313,7 +338,7 @@ class TrainingRun:
                 "tokens_per_s": tokens / elapsed if elapsed else None,
                 "useful_tokens_per_s": counts.tokens / elapsed if elapsed else None,
                 "raw_tokens_per_s": counts.positions / elapsed if elapsed else None,
-                "peak_memory_mb": mx.get_peak_memory() / _MB,
+                "peak_memory_mb": mx.get_peak_memory() / _MB, **rewards,
             })
             if data.valid is not None and (step % cfg.eval_steps == 0 or step == total):
                 self._validate(model, data.valid, step)
@@ -334,7 +359,8 @@ class TrainingRun:
         self.reporter.phase("evaluating", f"validation loss at step {step}")
         val_loss = evaluate(model, valid, batch_size=min(cfg.batch_size, len(valid)),
                             num_batches=cfg.eval_batches, max_seq_length=cfg.max_seq_length,
-                            iterate_batches=partial(batching.validation_batches, seed=cfg.seed, step=step))
+                            **self._evaluation(partial(batching.validation_batches, seed=cfg.seed,
+                                                       step=step)))
         model.train()
         if not math.isfinite(val_loss):
             raise LossNotFinite("the validation loss", step, val_loss)
@@ -349,14 +375,15 @@ class TrainingRun:
         """The compiled micro-step, shaped as mlx-lm's own: gradients add up over micro-batches and
         the optimizer updates on the last one (gradients clipped to `max_grad_norm`)."""
         cfg = self.config
-        loss_and_grad = nn.value_and_grad(model, losses.loss_function(cfg.packing,
-                                                                      "loss" in self.policy.fast_kernels))
+        loss_and_grad = nn.value_and_grad(model, self._loss())
         state = [model.state, optimizer.state, mx.random.state]
         ranks = self.ranks
 
         @partial(mx.compile, inputs=state, outputs=state)
         def step(arrays, previous, do_update):
-            (loss, own), grads = loss_and_grad(model, *arrays)
+            # `own`: what the loss is a mean over (trained tokens; pairs for dpo / orpo); `sums`: a
+            # preference step's figures to add up (preference.SUMS).
+            (loss, own, *sums), grads = loss_and_grad(model, *arrays)
             # Over every rank's share of the batch: the gradient and loss one process would get.
             grads = ranks.weighted_gradients(grads, own)
             loss, tokens = ranks.mean_loss(loss, own)
@@ -369,7 +396,7 @@ class TrainingRun:
                     grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
                 optimizer.update(model, grads)
                 grads = None
-            return loss, tokens, own, grads
+            return loss, tokens, own, grads, sums
 
         def one_step(batches):
             """Loss and trained tokens (over every rank), the seconds the step's compute took (not
@@ -377,15 +404,19 @@ class TrainingRun:
             trained tokens per second and peak memory."""
             micro_batches = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
             tic = time.perf_counter()
-            weighted, counts, mine, grads = [], [], [], None
+            weighted, counts, mine, grads, added = [], [], [], None, mx.zeros(len(preference.SUMS))
             for micro, batch in enumerate(micro_batches, 1):
-                loss, tokens, own, grads = step(batch.arrays, grads, micro == cfg.gradient_accumulation_steps)
+                last = micro == cfg.gradient_accumulation_steps
+                loss, tokens, own, grads, sums = step(batch.arrays, grads, last)
                 weighted.append(loss * tokens)
                 counts.append(tokens)
+                if sums:  # a preference step: its trained tokens are in its sums, not in `own` (pairs)
+                    added = added + sums[0]
+                    own = sums[0][0]
                 mine.append(own)
             total = sum(counts)
             loss = sum(weighted) / total
-            mx.eval(loss, total, mine, state)
+            mx.eval(loss, total, mine, state, added)
             elapsed = time.perf_counter() - tic
             # One all-reduce: the batches' token counts summed, and each rank's speed and peak
             # memory in its own slots.
@@ -393,10 +424,14 @@ class TrainingRun:
             speeds[ranks.rank] = sum(m.item() for m in mine) / elapsed
             peaks[ranks.rank] = mx.get_peak_memory() / _MB
             counted = [sum(b.tokens for b in micro_batches), sum(b.positions for b in micro_batches)]
-            summed = ranks.total(mx.array([*counted, *speeds, *peaks])).tolist()
+            summed = ranks.total(mx.array([*counted, *speeds, *peaks, *added.tolist()])).tolist()
             sizes = batching.Batch((), int(summed[0]), int(summed[1]))
-            each = {"tokens_per_s": summed[2:2 + ranks.size], "peak_memory_mb": summed[2 + ranks.size:]}
-            return loss.item(), int(total.item()), elapsed, sizes, each
+            each = {"tokens_per_s": summed[2:2 + ranks.size],
+                    "peak_memory_mb": summed[2 + ranks.size:2 + 2 * ranks.size]}
+            if not cfg.preference:
+                return loss.item(), int(total.item()), elapsed, sizes, each, {}
+            pairs, sums = total.item(), summed[2 + 2 * ranks.size:]
+            return loss.item(), int(sums[0]), elapsed, sizes, each, preference.measures(sums, pairs)
 
         return one_step
 

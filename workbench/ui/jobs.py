@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from workbench.ui.common import Markup, Panel, Plot, Ticker, button, draw_losses, escape, table, when
+from workbench.ui.rewards import draw_rewards
 
 STATUS_COLOURS = {"running": "#0969da", "queued": "#8250df", "completed": "#1a7f37", "failed": "#b00020",
                   "stopped": "#9a6700", "interrupted": "#9a6700"}
@@ -65,6 +66,7 @@ class JobsPanel(Panel):
             for index, name in enumerate(names):
                 steps = self.workbench.metrics(name).steps
                 self.compared[name] = draw_losses(axes, steps, label=name, color=f"C{index % 10}")
+                draw_rewards(axes, steps, label=name, color=f"C{index % 10}", fresh=index == 0)  # dpo, orpo
         except Exception as exc:
             self.fail(exc)
         axes.set_title("loss: " + ", ".join(names) if names else "pick experiments to compare", fontsize=10)

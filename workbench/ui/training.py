@@ -15,6 +15,7 @@ from workbench.training.config import TrainingConfig
 from workbench.training.record import ACTIVE, TERMINAL, JobStatus
 from workbench.ui.common import Panel, Plot, Ticker, button, draw_losses, draw_test_loss, escape, muted
 from workbench.ui.forms import Form
+from workbench.ui.rewards import draw_rewards
 
 # Where each section of the form begins (later fields join the section above them).
 SECTIONS = {"experiment_name": "What to train", "dataset": "Data", "batch_size": "Optimisation",
@@ -38,6 +39,7 @@ class TrainingPanel(Panel):
         self.experiment: str | None = None  # the job followed: the last started or resumed
         self.last_status: JobStatus | None = None
         self.train_points = self.valid_points = self.test_points = 0
+        self.reward_points = 0  # dpo, orpo: reward margins drawn
         self._drawn: tuple | None = None
         self._lock = threading.RLock()  # the poller and wait() both refresh
         self._ticker = Ticker(self._tick, poll_s)
@@ -186,6 +188,7 @@ class TrainingPanel(Panel):
         axes = self.plot.clear()
         self.train_points, self.valid_points = draw_losses(axes, steps)
         self.test_points = draw_test_loss(axes, steps)
+        self.reward_points = draw_rewards(axes, steps)  # dpo, orpo
         axes.set_title(f"{status.experiment_name} ({status.status})", fontsize=10)
         if self.train_points or self.valid_points or self.test_points:
             axes.legend(fontsize=8)
@@ -209,6 +212,9 @@ def _stats(status: JobStatus) -> str:
         lines.append(f"<b>test loss</b>: {number(status.test_loss)}")
     if status.judge_score is not None:
         lines.append(f"<b>judge score</b>: {number(status.judge_score)}")
+    if status.reward_margin is not None:
+        lines.append(f"<b>reward margin</b>: {number(status.reward_margin)}, accuracy "
+                     f"{number(status.reward_accuracy, digits=3)}")
     lines += [f"<b>type</b>: {escape(status.training_type)} on {escape(status.backend or '?')}",
               muted(f"checkpoint: {status.checkpoint or '–'}")]
     if status.selected_checkpoint:

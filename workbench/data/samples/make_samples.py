@@ -1,12 +1,14 @@
-"""Writes the sample data sets shipped with the workbench: alpaca.jsonl, sharegpt.jsonl, custom.jsonl
-and zorbish.jsonl.
+"""Writes the sample data sets shipped with the workbench: alpaca.jsonl, sharegpt.jsonl, custom.jsonl,
+zorbish.jsonl and preference.jsonl.
 
 The first three are made from templates (arithmetic, capitals, unit conversions, word games, counting,
 short definitions and facts about fine-tuning), so a small model's loss falls quickly on them.
 zorbish.jsonl teaches a made-up language, two words at a time ("Translate into Zorbish: red cat" ->
 "vel miv"): a skill the base model cannot know and the tiny model learns in a short run, so that the
 shipped tasks workbench_zorbish_mc and workbench_zorbish_gen can measure a fine-tune on pairs it
-never saw (evaluation/shipped/make_tasks.py has the figures). The output is deterministic: run
+never saw (evaluation/shipped/make_tasks.py has the figures). preference.jsonl pairs each templated
+question's exact answer (chosen) with an evasive one or the answer to another question (rejected),
+for DPO and ORPO. The output is deterministic: run
 `python workbench/data/samples/make_samples.py` and commit the .jsonl files.
 """
 
@@ -324,6 +326,23 @@ def zorbish_rows(count: int) -> list[dict]:
     return rows
 
 
+# Preference: the exact answer chosen, an evasive or wrong one rejected -------------------------------
+
+EVASIONS = ["I don't know.", "I would rather not say.", "That is hard to tell.", "Ask someone else.",
+            "No idea, sorry."]
+
+
+def preference_row(rng: random.Random) -> dict:
+    ask, say = question(rng)
+    if rng.random() < 0.5:
+        rejected = rng.choice(EVASIONS)
+    else:
+        rejected = say
+        while rejected == say:  # an answer to another question: fluent, and wrong
+            rejected = question(rng)[1]
+    return {"prompt": ask, "chosen": say, "rejected": rejected}
+
+
 def write(name: str, rows: list[dict]) -> Path:
     path = HERE / f"{name}.jsonl"
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
@@ -336,6 +355,8 @@ def main() -> None:
         path = write(name, unique(make, random.Random(seed), ROWS))
         print(f"wrote {path} ({ROWS} rows)")
     path = write("zorbish", zorbish_rows(ROWS))
+    print(f"wrote {path} ({ROWS} rows)")
+    path = write("preference", unique(preference_row, random.Random(5), ROWS))
     print(f"wrote {path} ({ROWS} rows)")
 
 
