@@ -15,7 +15,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.deps import Authorized, WorkbenchDep
 from service.openapi import COMMON, error_responses
@@ -40,7 +40,7 @@ from workbench.providers.params import (
     StopText,
 )
 from workbench.providers.secrets import redactor
-from workbench.providers.tools import MAX_TOOLS, Tool, ToolCall, ToolChoice
+from workbench.providers.tools import MAX_TOOLS, Tool, ToolChoice
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=[Authorized],
                    responses=error_responses(*COMMON, 401, openai=True))
@@ -106,21 +106,14 @@ class _ContentPart(BaseModel):
     text: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
 
 
-class _Message(BaseModel):
+class _Message(ChatMessage):
+    """A chat message as OpenAI clients send it: also the developer role, content as parts, and
+    fields this server has no use for (ignored). The rest, tool calls included, is ChatMessage's."""
+
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[_ContentPart] | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    # An agent loop's second turn: the assistant's calls (content may be null) and each tool's answer.
-    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
-    tool_call_id: str | None = Field(default=None, max_length=128)
-    name: str | None = Field(default=None, max_length=64)
-
-    @model_validator(mode="after")
-    def _content_or_calls(self):
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs content (null only beside tool_calls)")
-        return self
 
     def plain(self) -> ChatMessage:
         text = self.content if isinstance(self.content, str | None) else "".join(
