@@ -12,7 +12,7 @@ from collections import Counter
 
 from tests.api.conftest import run_service
 
-MAX_TIME_S = 40
+MAX_TIME_S = 25
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_headers_conformance,response_schema_conformance")
 

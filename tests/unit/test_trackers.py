@@ -9,6 +9,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,10 +125,21 @@ def wandb_records(run_dir: Path) -> list:
     return records
 
 
+def written_wandb_records(run_dir: Path, timeout_s: float = 60) -> list:
+    """The run's records once wandb's own process has written them all (its exit record last): the
+    file is written by that process, which may still be writing when `finish` has returned."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = wandb_records(run_dir)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def test_wandb_runs_offline_in_the_run_folder_with_metrics_config_and_adapter_artifact(run):
     reporter, outcome, run_dir = run(report_to=["wandb"])
 
-    records = wandb_records(run_dir)
+    records = written_wandb_records(run_dir)
     history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
     losses = {row["_step"]: row["loss"] for row in history if "loss" in row}

@@ -141,9 +141,10 @@ def zorbish_items(rng: random.Random, taken: set[str]) -> tuple[list[dict], list
 
 
 def heldout_questions() -> set[str]:
-    """The questions of every shipped item: what a training set for these tasks must not contain."""
-    return {json.loads(line)["question"] for path in HERE.glob("*.jsonl")
-            for line in path.read_text().splitlines()}
+    """The questions of every shipped item (a perplexity item's whole text): what a training set for
+    these tasks must not contain."""
+    rows = (json.loads(line) for path in HERE.glob("*.jsonl") for line in path.read_text().splitlines())
+    return {row["question"] if "question" in row else row["text"] for row in rows}
 
 
 def write(name: str, rows: list[dict]) -> None:
