@@ -216,3 +216,13 @@ def ranks_left(bench: Workbench, name: str, within_s: float) -> list[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+def test_the_ranks_of_an_nccl_job_run_with_nvlink_multicast_off(settings, monkeypatch):
+    from workbench.training import distributed
+
+    monkeypatch.setattr(distributed, "_backend", lambda name, per_host: "nccl")  # as on a 2-GPU host
+    config = TrainingConfig(experiment_name="gpus", training_type="lora", dataset="alpaca", num_workers=2,
+                            batch_size=2)
+    envs = distributed.check(config, settings.home_dir).envs
+    assert {"NCCL_NVLS_ENABLE=0", "TORCH_SYMM_MEM_DISABLE_MULTICAST=1", "NVSHMEM_DISABLE_NVLS=1"} <= set(envs)

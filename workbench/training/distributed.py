@@ -45,6 +45,13 @@ def visible_gpus() -> int:
     return max(sum(line.startswith("GPU ") for line in listed.splitlines()), 1)
 
 
+# NVLink multicast (NVLS) off in every rank of an NCCL job, unless the environment says otherwise: a
+# program that uses it can put a shared host's GPUs out of service (docs/architecture.md,
+# "Distributed training").
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                 "NVSHMEM_DISABLE_NVLS": "1"}
+
+
 def check(config, home: Path) -> Hostfile:
     """What a data-parallel job needs before any process starts: ranks that share each batch evenly,
     a backend this MLX has, and hosts that can run them (InputError naming the field otherwise).
@@ -58,6 +65,8 @@ def check(config, home: Path) -> Hostfile:
     if found.backend == "ring":
         hosts.require_ips(found)
     hosts.split_cores(found, hosts.check(found, home))
+    if found.backend == "nccl":
+        found.envs += [f"{name}={value}" for name, value in MULTICAST_OFF.items() if name not in os.environ]
     return found
 
 
