@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workbench.errors import Busy, InputError, StorageError
+from workbench.errors import Busy, InputError, StorageError, UnknownModel
 from workbench.providers.router import AllProvidersFailed
 
 log = logging.getLogger("service")
@@ -164,7 +164,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         error = {"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_input"}
-        return error_response(request.url.path, exc.status, [error])
+        status = exc.status
+        if isinstance(exc, UnknownModel) and is_openai(request.url.path):
+            status = 404  # as OpenAI answers a model it does not have: the client's NotFoundError
+        return error_response(request.url.path, status, [error])
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> JSONResponse:

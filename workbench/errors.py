@@ -18,6 +18,13 @@ class InputError(ValueError):
         self.errors = errors or [(field, message)]
 
 
+class UnknownModel(InputError):
+    """A model name nothing resolves: a 400 naming `model`, and on /v1 OpenAI's 404 model_not_found."""
+
+    def __init__(self, message: str):
+        super().__init__("model", message)
+
+
 class ServiceError(RuntimeError):
     """The service could not be reached, or failed on its side (5xx): the request may be retried."""
 

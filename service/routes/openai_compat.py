@@ -52,7 +52,7 @@ MAX_CHOICES = 128  # prompts x n
 
 _GENERATION_DOC = {200: {"description": "JSON, or with `stream: true` server-sent events (`data:` chunks, "
                          "then `data: [DONE]`).", "content": {"text/event-stream": {}}},
-                   **error_responses(409, 429, 503, openai=True)}
+                   **error_responses(404, 409, 429, 503, openai=True)}
 
 
 class _OpenAIRequest(BaseModel):

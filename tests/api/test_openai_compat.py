@@ -60,10 +60,10 @@ def test_litellm_openai_provider_uses_the_workbench(api):
     assert "".join(c.choices[0].delta.content or "" for c in pieces).strip() == "Grass is green."
 
 
-def test_an_unknown_model_is_a_400_the_client_reports(api):
+def test_an_unknown_model_is_a_404_the_client_reports(api):
     try:
         client(api).chat.completions.create(model="nobody/none", messages=[{"role": "user", "content": "hi"}])
-    except openai.BadRequestError as exc:
+    except openai.NotFoundError as exc:
         assert "model" in str(exc)
     else:
-        raise AssertionError("expected a 400")
+        raise AssertionError("expected a 404")

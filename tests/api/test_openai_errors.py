@@ -55,13 +55,22 @@ def test_an_unknown_path_and_a_wrong_method_answer_in_openai_s_shape(svc):
 @pytest.mark.parametrize("extra, param, code", [
     ({"temperature": 5}, "temperature", "invalid_value"),
     ({"messages": [{"role": "robot", "content": "Hi"}]}, "messages.0.role", "invalid_value"),
-    ({"model": "nobody/none"}, "model", "invalid_value"),
     ({"max_tokens": "many"}, "max_tokens", "invalid_type"),
 ])
 def test_invalid_input_is_a_bad_request_naming_the_field(svc, extra, param, code):
     body = {"model": "tiny", "messages": HI, "max_tokens": 2} | extra
     error = raised(lambda: client(svc).chat.completions.create(**body), openai.BadRequestError)
     assert (error.status_code, error.param, error.code) == (400, param, code)
+
+
+def test_an_unknown_model_is_openai_s_model_not_found(svc):
+    body = {"model": "nobody/none", "messages": HI, "max_tokens": 2}
+    error = raised(lambda: client(svc).chat.completions.create(**body), openai.NotFoundError)
+    assert (error.status_code, error.param, error.code) == (404, "model", "model_not_found")
+    assert "nobody/none" in error.message
+    # Elsewhere it stays the 400 naming the field.
+    refused = svc.post("/generate", json={"model": "nobody/none", "prompt": "Hi"})
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["body", "model"]
 
 
 def test_a_missing_field_is_a_bad_request_naming_it(svc):

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
-from workbench.errors import Busy, InputError
+from workbench.errors import Busy, InputError, UnknownModel
 from workbench.models.loading import load_resolved
 from workbench.models.resolver import ModelNotFound, ModelResolver, ResolvedModel
 from workbench.providers.engine import LocalEngine
@@ -124,7 +124,7 @@ class LocalMLX:
             try:
                 resolved = self.resolver.resolve(name)
             except ModelNotFound as exc:
-                raise InputError("model", str(exc)) from None
+                raise UnknownModel(str(exc)) from None
             try:
                 model, tokenizer, config = load_resolved(resolved)
             except Exception as exc:
