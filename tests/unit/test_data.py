@@ -214,6 +214,18 @@ def test_a_folder_in_mlx_lm_layout_keeps_its_own_validation_rows(settings):
     assert (summary.format, summary.train_rows, summary.valid_rows) == ("alpaca", 15, 5)
 
 
+def test_a_folder_s_own_test_jsonl_is_its_test_set(settings):
+    user_file(settings, "qa3/train.jsonl", ALPACA[:12])
+    user_file(settings, "qa3/valid.jsonl", ALPACA[12:16])
+    user_file(settings, "qa3/test.jsonl", ALPACA[16:])
+    examples = prepare(DataSpec(dataset="qa3", test_split=0.25), settings)
+    assert (examples.summary.train_rows, examples.summary.valid_rows, examples.summary.test_rows) == (12, 4, 4)
+    assert {row["messages"][0]["content"] for row in examples.test} == {row["instruction"] for row in ALPACA[16:]}
+    user_file(settings, "qa3/test.jsonl", [{"instruction": "no output"}])
+    with pytest.raises(InputError, match=r"test\.jsonl line 1: missing key 'output'"):
+        prepare(DataSpec(dataset="qa3"), settings)
+
+
 def test_dataset_names_the_format_of_a_user_file(settings):
     name = user_file(settings, "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"},
                                                             {"role": "assistant", "content": "hello"}]}] * 3)

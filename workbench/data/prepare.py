@@ -139,14 +139,17 @@ def _convert(loaded: LoadedRows, field: str) -> list[dict]:
 def prepare(spec: DataSpec, settings: Settings) -> Examples:
     """Every row read and converted (the first malformed one raises, naming its file and line), split
     into train, valid and test: valid is a folder's own valid.jsonl, else `validation_split` of the
-    rows; test is `test_split` of the rows."""
+    rows; test is its own test.jsonl, else `test_split` of the rows."""
     loaded = load_rows(spec, settings)
     converted = _convert(loaded, spec.error_field)
-    own_valid = loaded.valid is not None
-    shares = (0.0 if own_valid else spec.validation_split, spec.seed, spec.test_split)
+    # A folder's own valid.jsonl or test.jsonl replaces its share: no rows are then held out for it.
+    shares = (0.0 if loaded.valid else spec.validation_split, spec.seed,
+              0.0 if loaded.test else spec.test_split)
     train, valid, test = ([converted[i] for i in part] for part in split_indices(len(converted), *shares))
-    if own_valid:
+    if loaded.valid:
         valid = _convert(loaded.valid, spec.error_field)
+    if loaded.test:
+        test = _convert(loaded.test, spec.error_field)
     summary = DatasetSummary(
         rows=len(train) + len(valid) + len(test),
         format=loaded.format,

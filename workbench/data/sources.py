@@ -7,7 +7,8 @@
   A relative path is taken from `<home>/datasets`; after `Path.resolve()` (symbolic links followed)
   the path must lie under one of `allowed_roots(settings)`: `<home>/datasets` and the folders in
   `settings.dataset_roots`. A folder holding `train.jsonl` is read in mlx-lm's layout, and its
-  `valid.jsonl`, when there, is the validation set (no rows are then held out of train); any other
+  `valid.jsonl` and `test.jsonl`, when there, are the validation and test sets (no rows are then held
+  out of train for them); any other
   folder goes to `datasets.load_dataset(folder, split="train")`.
 * else `dataset` is `alpaca`, `sharegpt`, `custom`, `zorbish` or `preference`: the samples shipped in
   workbench/data/samples/ (custom and zorbish are the chat format, {"messages": [...]}; preference
@@ -33,7 +34,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class LoadedRows:
     source: str  # what errors and summaries name: a file, a folder, a sample or a hub id
     lines: list[int] | None = None  # 1-based line of each row, for JSON-lines files
     valid: LoadedRows | None = None  # a folder's own valid.jsonl
+    test: LoadedRows | None = None  # a folder's own test.jsonl
 
 
 # Where data may be read from ------------------------------------------------------------------------
@@ -147,6 +149,15 @@ def _load_named(name: str, fmt: str, settings: Settings) -> LoadedRows:
     return _load_hub(name, fmt, settings)
 
 
+def _own_split(path: Path, fmt: str, field: str) -> LoadedRows | None:
+    """A folder's own valid.jsonl or test.jsonl beside its train.jsonl, read in train's format; None
+    when it is missing or empty."""
+    if not path.is_file():
+        return None
+    rows, lines = _read_jsonl(path, field)
+    return LoadedRows(rows, fmt, str(path), lines) if rows else None
+
+
 def _load_path(path: Path, fmt: str, field: str, settings: Settings) -> LoadedRows:
     if path.is_dir():
         _only_regular_files(path, field)
@@ -154,12 +165,8 @@ def _load_path(path: Path, fmt: str, field: str, settings: Settings) -> LoadedRo
         if train.is_file():
             rows, lines = _read_jsonl(train, field)
             loaded = _finish(rows, fmt, str(train), field, lines)
-            if not (path / "valid.jsonl").is_file():
-                return loaded
-            valid_rows, valid_lines = _read_jsonl(path / "valid.jsonl", field)
-            valid = LoadedRows(valid_rows, loaded.format, str(path / "valid.jsonl"), valid_lines)
-            valid = valid if valid_rows else None
-            return LoadedRows(loaded.rows, loaded.format, loaded.source, loaded.lines, valid)
+            return replace(loaded, valid=_own_split(path / "valid.jsonl", loaded.format, field),
+                           test=_own_split(path / "test.jsonl", loaded.format, field))
         return _finish(_datasets_rows(str(path), {}, path, field, settings), fmt, str(path), field)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
