@@ -73,6 +73,8 @@ class _OpenAIRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
                              description="The same seed and parameters give the same text; choice j "
                              "of n draws with seed + j.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="text, json_object or json_schema: the local engine decodes under it.")
 
     def params(self, kind: type[GenerateParams] = GenerateParams, **prompt) -> GenerateParams:
         if self.model == "auto":
@@ -129,7 +131,6 @@ class ChatCompletionRequest(_OpenAIRequest):
     logprobs: bool = Field(default=False, description="Answer each token's log-probability (local models).")
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS,
                                      description="With logprobs: this many most likely tokens at each place.")
-    response_format: ResponseFormat | None = None
     tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
 
@@ -268,7 +269,7 @@ async def completions(body: CompletionRequest, workbench: WorkbenchDep):
     prompts = body.prompts()
     if len(prompts) * body.n > MAX_CHOICES:
         raise InputError("n", f"{len(prompts)} prompts x n={body.n} choices; at most {MAX_CHOICES} in all")
-    options = {"echo": body.echo, "logprobs": body.logprobs}
+    options = {"echo": body.echo, "logprobs": body.logprobs, "response_format": body.response_format}
     params = [body.params(CompletionParams, **prompt, **options,
                           seed=None if body.seed is None else body.seed + j)
               for prompt in prompts for j in range(body.n)]

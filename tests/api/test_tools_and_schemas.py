@@ -71,6 +71,13 @@ def test_json_object_answer_is_held_to_json(api):
     assert not plain.choices[0].message.content.startswith("{")  # the format, not the model, made it JSON
 
 
+def test_text_completions_take_response_format_too(api):
+    reply = client(api).completions.create(
+        model="tiny", prompt="A person:", max_tokens=120, temperature=0,
+        extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}})
+    jsonschema.validate(json.loads(reply.choices[0].text), PERSON)
+
+
 def test_generate_takes_response_format_too(api):
     answer = api.client().generate(_params(
         prompt="A person:", max_tokens=120, temperature=0,
