@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import mlx.optimizers as optim
+from mlx_lm.tuner.utils import build_schedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workbench.errors import InputError
@@ -87,6 +88,21 @@ def settings(config) -> _Settings:
 def check(config) -> None:
     """Refuse, at submission, optimizer settings the run could not build."""
     settings(config)
+
+
+def schedule(config, total: int):
+    """The learning rate over `total` steps: `lr_schedule` after `warmup_steps`, as mlx-lm builds it
+    (cosine and linear decay to a tenth of the rate)."""
+    rate, warmup = config.learning_rate, config.warmup_steps
+    if config.lr_schedule == "constant":
+        return rate if not warmup else build_schedule(
+            {"name": "linear_schedule", "arguments": [rate, rate, 1], "warmup": warmup})
+    decay_steps = max(total - warmup, 1)
+    if config.lr_schedule == "cosine":
+        return build_schedule({"name": "cosine_decay", "arguments": [rate, decay_steps, rate * 0.1],
+                               "warmup": warmup})
+    return build_schedule({"name": "linear_schedule", "arguments": [rate, rate * 0.1, decay_steps],
+                           "warmup": warmup})
 
 
 def build(config, learning_rate) -> optim.Optimizer:

@@ -24,7 +24,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 from mlx_lm.tuner.trainer import evaluate, grad_checkpoint
-from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
+from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from workbench.data import Examples, tokenize
 from workbench.errors import InputError
@@ -158,20 +158,6 @@ class TrainingRun:
         per_epoch = max(train_rows // cfg.batch_size, 1)
         return max(math.ceil(per_epoch * cfg.num_epochs / cfg.gradient_accumulation_steps), 1)
 
-    def optimizer(self, total: int) -> optim.Optimizer:
-        cfg = self.config
-        if cfg.lr_schedule == "constant":
-            schedule = cfg.learning_rate if not cfg.warmup_steps else build_schedule(
-                {"name": "linear_schedule", "arguments": [cfg.learning_rate, cfg.learning_rate, 1],
-                 "warmup": cfg.warmup_steps})
-        else:
-            name = "cosine_decay" if cfg.lr_schedule == "cosine" else "linear_schedule"
-            decay_steps = max(total - cfg.warmup_steps, 1)
-            arguments = ([cfg.learning_rate, decay_steps, cfg.learning_rate * 0.1] if name == "cosine_decay"
-                         else [cfg.learning_rate, cfg.learning_rate * 0.1, decay_steps])
-            schedule = build_schedule({"name": name, "arguments": arguments, "warmup": cfg.warmup_steps})
-        return optimizers.build(cfg, schedule)
-
     # Running ------------------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> RunOutcome:
@@ -209,7 +195,7 @@ class TrainingRun:
         cfg.check_rows(len(self.examples.valid))
         self.selects_best = cfg.selects_best(data.valid is not None)
         total = self.total_steps(len(train))
-        optimizer = self.optimizer(total)
+        optimizer = optimizers.build(self.config, optimizers.schedule(self.config, total))
 
         start, order = 0, self._order(train)
         saved = checkpoint.load_latest(self.run_dir / "checkpoints") if resume else None
