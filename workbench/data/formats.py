@@ -142,15 +142,22 @@ def chat_messages(row: Mapping, key: str = "messages") -> Messages:
     turns = _turns(row, key, "messages")
     messages: Messages = []
     for i, message in enumerate(turns, 1):
-        if not isinstance(message, Mapping):
-            raise BadRow(f"message {i} must be an object, got {_kind(message)}")
-        role, content = message.get("role"), message.get("content")
-        if role not in CHAT_ROLES:
-            raise BadRow(f"message {i} has unknown role {role!r} (known: {', '.join(CHAT_ROLES)})")
-        if not isinstance(content, str):
-            raise BadRow(f"message {i} needs a string 'content', got {_kind(content)}")
+        role, content = role_and_content(message, i)
         messages.append({**message, "role": role, "content": content})
     return _check_conversation(messages, f"conversation in {key!r}")
+
+
+def role_and_content(message, i: int, where: str = "") -> tuple[str, str]:
+    """Message `i` (`where`: of which list) of a chat, checked: an object with a known role and a
+    string content."""
+    if not isinstance(message, Mapping):
+        raise BadRow(f"message {i}{where} must be an object, got {_kind(message)}")
+    role, content = message.get("role"), message.get("content")
+    if role not in CHAT_ROLES:
+        raise BadRow(f"message {i}{where} has unknown role {role!r} (known: {', '.join(CHAT_ROLES)})")
+    if not isinstance(content, str):
+        raise BadRow(f"message {i}{where} needs a string 'content', got {_kind(content)}")
+    return role, content
 
 
 def completions_row(row: Mapping) -> dict[str, str]:

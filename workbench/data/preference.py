@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from workbench.data.formats import CHAT_ROLES, BadRow, _keys, _kind, _mapping, _text
+from workbench.data.formats import BadRow, _keys, _kind, _mapping, _text, role_and_content
 
 PROMPT_KEYS = ("prompt", "messages", "chat")
 
@@ -57,13 +57,7 @@ def _prompt(row: Mapping) -> list[dict[str, str]]:
         raise BadRow(f"{key!r} must be a non-empty list of messages, got {_kind(turns)}")
     messages = []
     for i, message in enumerate(turns, 1):
-        if not isinstance(message, Mapping):
-            raise BadRow(f"message {i} of {key!r} must be an object, got {_kind(message)}")
-        role, content = message.get("role"), message.get("content")
-        if role not in CHAT_ROLES:
-            raise BadRow(f"message {i} of {key!r} has unknown role {role!r} (known: {', '.join(CHAT_ROLES)})")
-        if not isinstance(content, str):
-            raise BadRow(f"message {i} of {key!r} needs a string 'content', got {_kind(content)}")
+        role, content = role_and_content(message, i, f" of {key!r}")
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] == "assistant":
         raise BadRow(f"{key!r} must end before the answer (with a user message), not with an assistant one")
