@@ -27,3 +27,14 @@ def tiny(models_dir):
     import mlx_lm
 
     return mlx_lm.load(f"{models_dir}/tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    """A local engine over the tiny model with its default settings (one a module, closed after it)."""
+    from workbench.providers.engine import LocalEngine
+
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    yield engine
+    engine.close()

@@ -7,14 +7,6 @@ from workbench.providers.engine import LocalEngine
 from workbench.providers.streams import EngineFull, GenerationRequest
 
 
-@pytest.fixture(scope="module")
-def engine(tiny):
-    model, tokenizer = tiny
-    engine = LocalEngine(model, tokenizer)
-    yield engine
-    engine.close()
-
-
 def ask(engine, prompt, **options):
     return GenerationRequest(engine.tokenizer.encode(prompt), **options)
 

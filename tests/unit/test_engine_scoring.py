@@ -5,16 +5,7 @@ import math
 import mlx.core as mx
 import pytest
 
-from workbench.providers.engine import LocalEngine
 from workbench.providers.streams import GenerationRequest
-
-
-@pytest.fixture(scope="module")
-def engine(tiny):
-    model, tokenizer = tiny
-    engine = LocalEngine(model, tokenizer)
-    yield engine
-    engine.close()
 
 
 def reference_logprobs(model, tokens: list[int]) -> list[float]:
